@@ -16,7 +16,9 @@ def require_tool(tool: str, package: str) -> str:
     """The path of an external tool, or a failure naming the Debian package (never a skip)."""
     path = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
     if path is None:
-        pytest.fail(f"{tool} is not installed: apt-get install -y {package} (make test does this as root)")
+        pytest.fail(
+            f"{tool} is not installed: apt-get install -y {package} (make test does this as root)"
+        )
     return path
 
 

@@ -1,0 +1,241 @@
+"""Env files: envs/*.toml → a validated Env (ARCHITECTURE.md). An env may `extends` another.
+
+Unknown keys and wrong types are errors naming the file that set the key and the key itself.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.errors import PipelineError
+
+ENVS_DIR = Path(__file__).resolve().parent.parent / "envs"
+DEFAULT_ENV = "local"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReleaseLimits(Strict):
+    max_files: int = Field(20000, gt=0)
+    max_bytes: int = Field(1 << 30, gt=0)
+
+
+class StartSettings(Strict):
+    taiea_env: Literal["dev", "prod"] = "dev"
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535)
+    ready_path: str = "/ready"
+    fallback_ready_path: str = "/health"
+    ready_timeout_s: float = Field(30.0, gt=0)
+    poll_interval_s: float = Field(0.05, gt=0, le=0.05)
+    stop_grace_s: float = Field(10.0, ge=0)
+    env: dict[str, str] = {}
+    secrets: list[str] = ["ERLANG_COOKIE", "RELX_COOKIE"]
+
+
+class SmokeTest(Strict):
+    name: str
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"] = "GET"
+    path: str
+    body: dict[str, Any] | list[Any] | None = None
+    expect_status: int = Field(200, ge=100, le=599)
+    expect_json: dict[str, Any] = {}
+    expect_keys: list[str] = []
+    expect_content_type: str | None = None
+    expect_text: str | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with /")
+        return value
+
+
+class LoadProfile(Strict):
+    rate: float = Field(gt=0)
+    duration_s: float = Field(gt=0)
+    connections: int = Field(16, gt=0)
+    endpoints: list[str] = []  # smoke test names; empty = all of them
+
+
+class LoadSettings(Strict):
+    profiles: dict[str, LoadProfile] = {}
+    max_inflight: int = Field(1024, gt=0)
+    timeout_s: float = Field(10.0, gt=0)
+    late_ms: float = Field(10.0, gt=0)
+
+
+class Band(Strict):
+    green: float
+    amber: float
+    orange: float
+    red: float
+
+    def of(self, value: float) -> str:
+        for name in ("green", "amber", "orange", "red"):
+            if value < getattr(self, name):
+                return name
+        return "critical"
+
+
+class MonitorSettings(Strict):
+    interval_s: float = Field(0.25, gt=0)
+    memory_limit_mb: float = Field(512.0, gt=0)
+    bands: dict[str, Band] = {}
+
+
+class PhaseSettings(Strict):
+    load_profile: str | None = None
+    gate: str | None = None  # the [gates.X] table this phase is judged by; default: its own name
+
+
+class Env(Strict):
+    name: str
+    path: Path
+    extends: str | None = None
+    description: str = ""
+    runtime: Literal["process", "gvisor", "remote"] = "process"
+    release: ReleaseLimits = ReleaseLimits()
+    start: StartSettings = StartSettings()
+    smoke: list[SmokeTest] = []
+    load: LoadSettings = LoadSettings()
+    monitor: MonitorSettings = MonitorSettings()
+    phases: dict[str, PhaseSettings] = {}
+    gates: dict[str, dict[str, list[str]]] = {}
+    sources: dict[str, str] = {}  # dotted key → the file that set it (for error messages)
+
+    def phase(self, name: str) -> PhaseSettings:
+        return self.phases.get(name, PhaseSettings())
+
+    def profile(self, name: str) -> LoadProfile:
+        try:
+            return self.load.profiles[name]
+        except KeyError:
+            known = ", ".join(sorted(self.load.profiles)) or "none"
+            raise PipelineError(
+                f"{self.path}: no load profile {name!r} in [load.profiles] (known: {known})"
+            ) from None
+
+    def gate_spec(self, gate: str) -> Any:
+        from pipeline import gates
+
+        name = gates.canonical_gate_name(gate)
+        if name not in self.gates:
+            known = ", ".join(sorted(self.gates)) or "none"
+            raise PipelineError(f"{self.path}: no [gates.{name}] table (known: {known})")
+        source = self.sources.get(f"gates.{name}", str(self.path))
+        return gates.parse_gate(name, self.gates[name], source)
+
+    def band(self, metric: str, value: float) -> str | None:
+        band = self.monitor.bands.get(metric)
+        return band.of(value) if band else None
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """`local` → envs/local.toml; a path (with / or .toml) is taken as it is."""
+    text = str(name_or_path)
+    if "/" in text or text.endswith(".toml"):
+        return Path(text)
+    return ENVS_DIR / f"{text}.toml"
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        known = ", ".join(sorted(p.stem for p in ENVS_DIR.glob("*.toml")))
+        raise PipelineError(f"{path}: no such env file (envs: {known})") from None
+    except IsADirectoryError:
+        raise PipelineError(f"{path}: is a directory, not an env file") from None
+    except UnicodeDecodeError:
+        raise PipelineError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PipelineError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _merge(
+    base: dict[str, Any], top: dict[str, Any], sources: dict[str, str], path: Path, prefix: str = ""
+) -> None:
+    """Deep-merge `top` into `base` (tables merge, everything else replaces), noting who set what."""
+    for key, value in top.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key not in ("body",):
+            _merge(base[key], value, sources, path, f"{dotted}.")
+        else:
+            base[key] = value
+        sources[dotted] = str(path)
+        if isinstance(value, dict):
+            for inner in _dotted_keys(value, f"{dotted}."):
+                sources[inner] = str(path)
+
+
+def _dotted_keys(table: dict[str, Any], prefix: str) -> list[str]:
+    keys = []
+    for key, value in table.items():
+        keys.append(f"{prefix}{key}")
+        if isinstance(value, dict):
+            keys.extend(_dotted_keys(value, f"{prefix}{key}."))
+    return keys
+
+
+def _load_raw(path: Path, seen: tuple[Path, ...]) -> tuple[dict[str, Any], dict[str, str]]:
+    path = path.resolve()
+    if path in seen:
+        chain = " → ".join(p.name for p in (*seen, path))
+        raise PipelineError(f"{path}: extends loops back on itself ({chain})")
+    data = _read(path)
+    parent = data.get("extends")
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    if parent is not None:
+        if not isinstance(parent, str):
+            raise PipelineError(
+                f"{path}: key extends: expected an env name or path, got {parent!r}"
+            )
+        parent_path = resolve(parent) if "/" in parent else path.parent / f"{parent}.toml"
+        merged, sources = _load_raw(parent_path, (*seen, path))
+    _merge(merged, data, sources, path)
+    merged.pop("extends", None)
+    if parent is not None:
+        merged["extends"] = parent
+    return merged, sources
+
+
+def load_env(name_or_path: str | Path = DEFAULT_ENV) -> Env:
+    path = resolve(name_or_path)
+    raw, sources = _load_raw(path, ())
+    raw.setdefault("name", path.stem)
+    raw["path"] = path
+    raw["sources"] = sources
+    try:
+        env = Env.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        dotted = ".".join(str(part) for part in error["loc"])
+        owner = _owner(sources, error["loc"]) or str(path)
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        raise PipelineError(f"{owner}: key {dotted}: {message}") from None
+    for gate in env.gates:
+        env.gate_spec(gate)  # a bad threshold is a configuration error at load time
+    return env
+
+
+def _owner(sources: dict[str, str], loc: tuple[Any, ...]) -> str | None:
+    """The file that set the deepest existing prefix of an error's location."""
+    parts = [str(p) for p in loc if not isinstance(p, int)]
+    while parts:
+        found = sources.get(".".join(parts))
+        if found:
+            return found
+        parts.pop()
+    return None

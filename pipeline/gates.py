@@ -1,0 +1,444 @@
+"""Gates: k6-style thresholds over metrics derived from receipts, judged fail-closed.
+
+Three layers kept apart, as in k6 and Argo Rollouts' analysis:
+  parse   — `parse_threshold("p(95) < 250")` → Threshold (aggregation, operator, number), once;
+  measure — `MetricCollector` turns verified receipts into samples per metric key;
+  judge   — `evaluate(spec, samples)` is a pure function → Verdict; rendering lives in report.py.
+Missing data fails (unlike k6): every aggregation but `count` needs at least one sample.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from array import array
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from pipeline import receipts
+from pipeline.errors import PipelineError
+
+# ---------------------------------------------------------------- thresholds
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+AGGREGATIONS = ("count", "rate", "value", "avg", "min", "max", "med", "p(N)")
+_THRESHOLD = re.compile(
+    r"^\s*(?P<agg>count|rate|value|avg|min|max|med|p\(\s*(?P<pct>[0-9]+(?:\.[0-9]+)?)\s*\))"
+    r"\s*(?P<op><=|>=|==|!=|<|>)\s*(?P<num>[-+]?[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*$"
+)
+
+
+@dataclass(frozen=True)
+class Threshold:
+    source: str
+    agg: str  # count, rate, value, avg, min, max, med, p
+    op: str
+    value: float
+    pct: float | None = None
+
+    @property
+    def label(self) -> str:
+        return f"p({self.pct:g})" if self.agg == "p" else self.agg
+
+
+def parse_threshold(text: str) -> Threshold:
+    """`AGG OP NUMBER`; raises ValueError saying what is wrong."""
+    if not isinstance(text, str):
+        raise ValueError(f"threshold must be a string like 'p(95) < 250', got {text!r}")
+    match = _THRESHOLD.match(text)
+    if not match:
+        head = text.strip().split(" ")[0] if text.strip() else ""
+        agg = head.split("(")[0] if head else ""
+        if agg and agg not in ("count", "rate", "value", "avg", "min", "max", "med", "p"):
+            raise ValueError(
+                f"unknown aggregation {agg!r} in {text!r} (known: {', '.join(AGGREGATIONS)})"
+            )
+        raise ValueError(
+            f"malformed threshold {text!r}: expected 'AGG OP NUMBER', e.g. 'p(95) < 250'"
+        )
+    pct = float(match["pct"]) if match["pct"] is not None else None
+    if pct is not None and not 0 <= pct <= 100:
+        raise ValueError(f"percentile out of range in {text!r}: p(N) needs 0 ≤ N ≤ 100")
+    agg = "p" if pct is not None else match["agg"]
+    return Threshold(text.strip(), agg, match["op"], float(match["num"]), pct)
+
+
+# ---------------------------------------------------------------- metrics derived from receipts
+
+Extract = Callable[[dict[str, Any]], float | None]
+
+
+@dataclass(frozen=True)
+class Metric:
+    kinds: tuple[str, ...]
+    extract: Extract
+    help: str
+    per_second: bool = False  # samples are counts of matching records per second of `sent_s`
+
+
+def _field(name: str) -> Extract:
+    def extract(record: dict[str, Any]) -> float | None:
+        value = record.get(name)
+        return (
+            float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+        )
+
+    return extract
+
+
+def _one(record: dict[str, Any]) -> float:
+    return 1.0
+
+
+def _flag(name: str, want: bool) -> Extract:
+    return lambda r: 1.0 if r.get(name) is want else None
+
+
+def _bool(name: str) -> Extract:
+    return lambda r: 1.0 if r.get(name) is True else 0.0
+
+
+def _stage_end(passed: bool) -> Extract:
+    return lambda r: 1.0 if r.get("event") == "end" and r.get("passed") is passed else None
+
+
+_EVIDENCE_KINDS = (
+    "startup",
+    "receipt",
+    "request",
+    "metrics",
+    "error",
+    "shutdown",
+    "operation",
+    "revenue",
+    "deploy",
+    "traffic",
+    "drain",
+    "rollback",
+    "capture",
+    "constraint",
+    "scale",
+    "environment",
+    "release",
+    "extract",
+    "summary",
+)
+
+REGISTRY: dict[str, Metric] = {
+    "startup.seconds": Metric(("startup",), _field("seconds"), "time from start to ready"),
+    "smoke.passed": Metric(
+        ("receipt",), _flag("passed", True), "one sample per passing smoke test"
+    ),
+    "smoke.failed": Metric(
+        ("receipt",), _flag("passed", False), "one sample per failing smoke test"
+    ),
+    "smoke.total": Metric(("receipt",), _one, "one sample per smoke test"),
+    "http.latency_ms": Metric(
+        ("request",), _field("latency_ms"), "request latency (from schedule)"
+    ),
+    "http.success": Metric(
+        ("request",), _bool("passed"), "1 per passing request, 0 per failing one"
+    ),
+    "http.failed": Metric(("request",), _flag("passed", False), "one sample per failing request"),
+    "http.rps": Metric(("request",), _one, "requests sent per second", per_second=True),
+    "memory.mb": Metric(("metrics",), _field("rss_mb"), "resident memory of the release, MB"),
+    "cpu.percent": Metric(("metrics",), _field("cpu_percent"), "CPU of the release, % of one core"),
+    "instances": Metric(("metrics",), _field("instances"), "instances serving, per sample"),
+    "errors": Metric(("error",), _one, "one sample per error receipt"),
+    "receipts": Metric(_EVIDENCE_KINDS, _one, "evidence receipts (not run/stage/gate/seal)"),
+    "captured.receipts": Metric(("capture",), _field("count"), "receipts the release printed"),
+    "stages.passed": Metric(("stage",), _stage_end(True), "one sample per passed stage"),
+    "stages.failed": Metric(("stage",), _stage_end(False), "one sample per failed stage"),
+    "shutdown.exit_status": Metric(("shutdown",), _field("exit_status"), "exit status at stop"),
+    "constraints.failed": Metric(("constraint",), _flag("passed", False), "failed sandbox checks"),
+    "constraints.passed": Metric(("constraint",), _flag("passed", True), "proven sandbox checks"),
+    "pilot.operations": Metric(("operation",), _one, "one sample per pilot operation"),
+    "pilot.accuracy": Metric(("operation",), _bool("matched"), "1 per matched answer, 0 otherwise"),
+    "pilot.mismatches": Metric(("operation",), _flag("matched", False), "one per mismatch"),
+    "revenue.records": Metric(("revenue",), _one, "one sample per revenue record"),
+    "revenue.consistent": Metric(
+        ("revenue",), _bool("consistent"), "revenue agrees with operations"
+    ),
+    "rollbacks": Metric(("rollback",), _one, "one sample per rollback"),
+    "traffic.percent": Metric(("traffic",), _field("percent"), "traffic share of the candidate"),
+}
+
+_KEY = re.compile(r"^(?P<name>[a-z][a-z0-9_.]*)(?:\{(?P<filters>[^{}]*)\})?$")
+
+
+@dataclass(frozen=True)
+class MetricKey:
+    source: str
+    name: str
+    filters: tuple[tuple[str, str], ...] = ()
+
+    def matches(self, record: dict[str, Any]) -> bool:
+        return all(_as_text(record.get(k)) == v for k, v in self.filters)
+
+
+def _as_text(value: Any) -> str:
+    if type(value) is str:
+        return value
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return "" if value is None else str(value)
+
+
+def parse_metric(text: str) -> MetricKey:
+    match = _KEY.match(text.strip())
+    if not match:
+        raise ValueError(f"malformed metric {text!r}: expected NAME or NAME{{field:value,…}}")
+    name = match["name"]
+    if name not in REGISTRY:
+        raise ValueError(f"unknown metric {name!r} (known: {', '.join(sorted(REGISTRY))})")
+    filters: list[tuple[str, str]] = []
+    for part in (match["filters"] or "").split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition(":")
+        if not sep or not key.strip():
+            raise ValueError(f"malformed filter {part!r} in {text!r}: expected field:value")
+        filters.append((key.strip(), value.strip()))
+    return MetricKey(text.strip(), name, tuple(filters))
+
+
+# ---------------------------------------------------------------- gate specs
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    name: str
+    rules: tuple[tuple[MetricKey, tuple[Threshold, ...]], ...]
+    source: str = "<inline>"
+
+    @property
+    def keys(self) -> list[MetricKey]:
+        return [key for key, _ in self.rules]
+
+
+GATE_ALIASES = {"gate1": "week2", "gate2": "week3", "gate3": "week4", "gate4": "week5"}
+
+
+def canonical_gate_name(name: str) -> str:
+    return GATE_ALIASES.get(name.lower(), name)
+
+
+def parse_gate(name: str, table: Mapping[str, Any], source: str) -> GateSpec:
+    """Parse `[gates.NAME]`; a bad key or expression is a PipelineError naming file, gate and key."""
+    rules = []
+    if not table:
+        raise PipelineError(
+            f"{source}: [gates.{name}] has no thresholds (a gate without data fails)"
+        )
+    for raw_key, expressions in table.items():
+        where = f"{source}: [gates.{name}] {raw_key!r}"
+        try:
+            key = parse_metric(raw_key)
+            if isinstance(expressions, str) or not isinstance(expressions, list) or not expressions:
+                raise ValueError('expected a non-empty list of expressions, e.g. ["p(95) < 250"]')
+            thresholds = tuple(parse_threshold(expr) for expr in expressions)
+        except ValueError as exc:
+            raise PipelineError(f"{where}: {exc}") from None
+        rules.append((key, thresholds))
+    return GateSpec(name, tuple(rules), source)
+
+
+# ---------------------------------------------------------------- measuring
+
+
+class MetricCollector:
+    """Feeds verified records into samples per metric key; dispatch is indexed by kind, and
+    each key becomes one small closure (this loop runs once per receipt of a million)."""
+
+    def __init__(self, keys: Sequence[MetricKey]):
+        self.samples: dict[str, array[float]] = {}
+        self.buckets: dict[str, dict[int, int]] = {}
+        self._by_kind: dict[str, list[Callable[[dict[str, Any]], None]]] = {}
+        for key in keys:
+            if key.source in self.samples:
+                continue
+            metric = REGISTRY[key.name]
+            self.samples[key.source] = array("d")
+            if metric.per_second:
+                self.buckets[key.source] = {}
+            handler = self._handler(key, metric)
+            for kind in metric.kinds:
+                self._by_kind.setdefault(kind, []).append(handler)
+
+    def _handler(self, key: MetricKey, metric: Metric) -> Callable[[dict[str, Any]], None]:
+        extract, filters = metric.extract, key.filters
+        append = self.samples[key.source].append
+        buckets = self.buckets.get(key.source)
+
+        def handle(record: dict[str, Any]) -> None:
+            for field_name, wanted in filters:
+                if _as_text(record.get(field_name)) != wanted:
+                    return
+            value = extract(record)
+            if value is None:
+                return
+            if buckets is None:
+                append(value)
+            else:
+                second = int(record.get("sent_s") or 0)
+                buckets[second] = buckets.get(second, 0) + 1
+
+        return handle
+
+    def feed(self, record: dict[str, Any]) -> None:
+        for handle in self._by_kind.get(record.get("kind"), ()):  # type: ignore[arg-type]
+            handle(record)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"samples": self.samples, "buckets": self.buckets}  # results only, not dispatch
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.samples, self.buckets, self._by_kind = state["samples"], state["buckets"], {}
+
+    def merge(self, later: MetricCollector) -> None:
+        for name, values in later.samples.items():
+            self.samples[name].extend(values)
+        for name, buckets in later.buckets.items():
+            mine = self.buckets[name]
+            for second, n in buckets.items():
+                mine[second] = mine.get(second, 0) + n
+
+    def values(self) -> dict[str, Sequence[float]]:
+        out: dict[str, Sequence[float]] = dict(self.samples)
+        for name, buckets in self.buckets.items():
+            out[name] = array("d", (float(buckets[s]) for s in sorted(buckets)))
+        return out
+
+
+# ---------------------------------------------------------------- judging (pure)
+
+
+def percentile(ordered: Sequence[float], pct: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default) over sorted samples."""
+    if len(ordered) == 1:
+        return float(ordered[0])
+    rank = (len(ordered) - 1) * pct / 100.0
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return float(ordered[low] + (ordered[high] - ordered[low]) * (rank - low))
+
+
+def aggregate(
+    threshold: Threshold, samples: Sequence[float], ordered: list[float] | None
+) -> float | None:
+    """The measured value, or None when there is no data (only `count` is defined on none)."""
+    if threshold.agg == "count":
+        return float(len(samples))
+    if not samples:
+        return None
+    if threshold.agg in ("rate", "avg"):
+        return math.fsum(samples) / len(samples)
+    if threshold.agg == "value":
+        return float(samples[-1])
+    if threshold.agg == "min":
+        return float(min(samples))
+    if threshold.agg == "max":
+        return float(max(samples))
+    assert ordered is not None
+    return percentile(ordered, 50.0 if threshold.agg == "med" else threshold.pct or 0.0)
+
+
+@dataclass(frozen=True)
+class Result:
+    metric: str
+    expression: str
+    measured: float | None
+    passed: bool
+    samples: int
+    reason: str | None = None  # "no data" when there was nothing to measure
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "expression": self.expression,
+            "measured": self.measured,
+            "passed": self.passed,
+            "samples": self.samples,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class Verdict:
+    gate: str
+    passed: bool
+    results: tuple[Result, ...]
+    reason: str | None = None  # why the whole gate failed before any expression (chain, no data)
+    verification: receipts.Verification | None = field(default=None, compare=False)
+
+    @property
+    def failures(self) -> list[Result]:
+        return [r for r in self.results if not r.passed]
+
+    def summary(self) -> str:
+        if self.passed:
+            return f"{self.gate}: PASS ({len(self.results)} expressions)"
+        if self.reason:
+            return f"{self.gate}: FAIL — {self.reason}"
+        first = self.failures[0]
+        measured = "no data" if first.measured is None else f"{first.measured:g}"
+        more = f" (+{len(self.failures) - 1} more)" if len(self.failures) > 1 else ""
+        return f"{self.gate}: FAIL — {first.metric} {first.expression} (measured {measured}){more}"
+
+    def as_fields(self) -> dict[str, Any]:
+        return {
+            "gate": self.gate,
+            "passed": self.passed,
+            "reason": self.reason,
+            "results": [r.as_dict() for r in self.results],
+        }
+
+
+def evaluate(
+    spec: GateSpec, samples: Mapping[str, Sequence[float]], *, reason: str | None = None
+) -> Verdict:
+    """Judge every expression over the samples. A gate-level `reason` (broken chain) fails it all."""
+    results = []
+    for key, thresholds in spec.rules:
+        values = samples.get(key.source, ())
+        ordered = sorted(values) if any(t.agg in ("p", "med") for t in thresholds) else None
+        for threshold in thresholds:
+            measured = aggregate(threshold, values, ordered)
+            if reason is not None:
+                results.append(
+                    Result(key.source, threshold.source, measured, False, len(values), reason)
+                )
+            elif measured is None:
+                results.append(Result(key.source, threshold.source, None, False, 0, "no data"))
+            else:
+                ok = _OPS[threshold.op](measured, threshold.value)
+                results.append(Result(key.source, threshold.source, measured, ok, len(values)))
+    passed = reason is None and bool(results) and all(r.passed for r in results)
+    return Verdict(spec.name, passed, tuple(results), reason)
+
+
+def check(path: str | Path, spec: GateSpec, *, require_seal: bool = True) -> Verdict:
+    """Verify the receipts file and judge the gate over it, in one streaming pass."""
+    keys = spec.keys + [parse_metric("receipts")]
+    verification, collector = receipts.scan(
+        path, lambda: MetricCollector(keys), require_seal=require_seal
+    )
+    if not verification.ok or not isinstance(collector, MetricCollector):
+        verdict = evaluate(spec, {}, reason=f"receipts do not verify: {verification.describe()}")
+    else:
+        samples = collector.values()
+        reason = None if len(samples["receipts"]) else "no data: the run has no evidence receipts"
+        verdict = evaluate(spec, samples, reason=reason)
+    return replace(verdict, verification=verification)

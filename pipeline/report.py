@@ -1,0 +1,78 @@
+"""Rich views of verdicts, verifications and receipts (rendering only: no judging here)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.gates import Verdict
+from pipeline.receipts import Verification
+
+PASS = "[green]✓[/green]"
+FAIL = "[red]✗[/red]"
+
+
+def measured_text(value: float | None) -> str:
+    if value is None:
+        return "no data"
+    return f"{value:.4g}" if abs(value) < 1e6 else f"{value:.0f}"
+
+
+def verdict_table(verdict: Verdict) -> Table:
+    status = "[bold green]PASS[/bold green]" if verdict.passed else "[bold red]FAIL[/bold red]"
+    table = Table(title=f"gate {verdict.gate}: {status}", title_justify="left")
+    table.add_column("", width=1)
+    table.add_column("metric")
+    table.add_column("expression")
+    table.add_column("measured", justify="right")
+    table.add_column("samples", justify="right")
+    for result in verdict.results:
+        measured = measured_text(result.measured)
+        if result.reason and result.reason != "no data" and not result.passed:
+            measured = f"{measured} [dim]({result.reason.split(':')[0]})[/dim]"
+        table.add_row(
+            PASS if result.passed else FAIL,
+            result.metric,
+            result.expression,
+            measured,
+            str(result.samples),
+        )
+    return table
+
+
+def render_verdict(console: Console, verdict: Verdict) -> None:
+    console.print(verdict_table(verdict))
+    if verdict.reason:
+        console.print(f"[red]{verdict.reason}[/red]")
+
+
+def render_verification(console: Console, verification: Verification) -> None:
+    mark = PASS if verification.ok else FAIL
+    console.print(f"{mark} {verification.describe()}")
+
+
+def receipts_table(records: Iterable[dict[str, Any]], *, limit: int | None = None) -> Table:
+    table = Table(title_justify="left")
+    for column in ("seq", "ts", "kind", "stage", "details"):
+        table.add_column(column, overflow="fold")
+    common = {"ts", "kind", "run_id", "seq", "phase", "stage", "prev", "hash"}
+    for n, record in enumerate(records):
+        if limit is not None and n >= limit:
+            break
+        details = ", ".join(f"{k}={_short(v)}" for k, v in record.items() if k not in common)
+        table.add_row(
+            str(record.get("seq", "")),
+            str(record.get("ts", "")),
+            str(record.get("kind", "")),
+            str(record.get("stage") or ""),
+            details,
+        )
+    return table
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "…"

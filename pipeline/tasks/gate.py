@@ -1,0 +1,39 @@
+"""`invoke gate.check`: re-judge any run from its receipts alone, as CI does before a deploy."""
+
+import json as jsonlib
+
+from invoke import Collection, task
+
+from pipeline.tasks._cli import exit_codes, human_console
+
+
+@task(
+    help={
+        "gate": "gate to judge: week2..week5 (or gate1..gate4)",
+        "receipts": "the run's receipts.jsonl",
+        "env": "env name (envs/NAME.toml) or path holding the [gates.*] thresholds; default local",
+        "json": "print the verdict as one JSON line on stdout; human view on stderr",
+        "unsealed": "judge an unfinished run (no seal line) instead of failing it",
+    },
+    aliases=("judge",),
+)
+def check(c, gate, receipts, env="local", json=False, unsealed=False):
+    """Verify a receipts file and judge a gate over it: exit 0 pass, 99 fail, 2 bad input."""
+    with exit_codes():
+        from pipeline import config, report, verdicts
+        from pipeline.errors import GateFailed
+
+        spec = config.load_env(env).gate_spec(gate)
+        verdict = verdicts.judge_file(receipts, spec, require_seal=not unsealed)
+        console = human_console(json)
+        if verdict.verification is not None:
+            report.render_verification(console, verdict.verification)
+        report.render_verdict(console, verdict)
+        if json:
+            print(jsonlib.dumps(verdict.as_fields(), ensure_ascii=False))
+        if not verdict.passed:
+            raise GateFailed(verdict.summary())
+
+
+ns = Collection("gate")
+ns.add_task(check, default=True)

@@ -1,0 +1,73 @@
+"""`invoke receipts.verify` and `receipts.show`: the chain, and what is in it."""
+
+import sys
+
+from invoke import Collection, task
+
+from pipeline.tasks._cli import exit_codes, human_console
+
+
+@task(
+    help={
+        "file": "the receipts file (a run's receipts.jsonl, or runs/gates.jsonl)",
+        "unsealed": "accept a file without a seal (a run still going, or the ledger)",
+    },
+    aliases=("check",),
+)
+def verify(c, file, unsealed=False):
+    """Verify the hash chain: exit 0 verified, 99 broken (first bad line named), 2 unreadable."""
+    with exit_codes():
+        from pathlib import Path
+
+        from pipeline import receipts, report
+        from pipeline.errors import GateFailed, PipelineError
+
+        path = Path(file)
+        if not path.is_file():
+            raise PipelineError(f"{path}: no such receipts file")
+        if path.name == "gates.jsonl":
+            unsealed = True  # the ledger is never sealed: it goes on across runs
+        verification = receipts.verify(path, require_seal=not unsealed)
+        report.render_verification(human_console(False), verification)
+        if not verification.ok:
+            raise GateFailed(verification.describe())
+
+
+@task(
+    help={
+        "file": "the receipts file",
+        "kind": "only receipts of this kind (request, receipt, metrics, gate, …)",
+        "limit": "show at most this many rows",
+        "json": "print the matching receipts as JSON lines instead of a table",
+    },
+    aliases=("list",),
+)
+def show(c, file, kind=None, limit=None, json=False):
+    """Show the receipts of a run as a table (no verification: use receipts.verify)."""
+    with exit_codes():
+        from itertools import islice
+        from pathlib import Path
+
+        import orjson
+
+        from pipeline import receipts, report
+        from pipeline.errors import PipelineError
+
+        path = Path(file)
+        if not path.is_file():
+            raise PipelineError(f"{path}: no such receipts file")
+        records = receipts.iter_records(path)
+        if kind:
+            records = (r for r in records if r.get("kind") == kind)
+        if limit:
+            records = islice(records, int(limit))
+        if json:
+            for record in records:
+                sys.stdout.buffer.write(orjson.dumps(record) + b"\n")
+            return
+        human_console(False).print(report.receipts_table(records))
+
+
+ns = Collection("receipts")
+ns.add_task(verify)
+ns.add_task(show)

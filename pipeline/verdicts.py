@@ -1,0 +1,60 @@
+"""Judging a run and recording the verdict: the in-run gate receipt and the ledger entry.
+
+The ledger (runs/gates.jsonl) lets week 5 find a passing Gate 2 and Gate 3 for the same release
+sha256 and re-verify the runs they came from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline import receipts
+from pipeline.gates import GateSpec, Verdict, check
+
+
+def ledger_entry(verdict: Verdict, path: Path, *, source: str) -> dict[str, Any]:
+    verification = verdict.verification
+    run = (verification.run if verification else None) or {}
+    release = run.get("release") or {}
+    return {
+        "gate": verdict.gate,
+        "passed": verdict.passed,
+        "reason": verdict.reason,
+        "failed": [f"{r.metric} {r.expression}" for r in verdict.failures],
+        "receipts": str(Path(path).resolve()),
+        "receipts_head": verification.head if verification else None,
+        "judged_run": run.get("run_id"),
+        "release_sha256": release.get("sha256"),
+        "release_version": release.get("version"),
+        "source": source,
+    }
+
+
+def judge_file(path: str | Path, spec: GateSpec, *, require_seal: bool = True) -> Verdict:
+    """gate.check: verify, judge, append the verdict to the ledger."""
+    verdict = check(path, spec, require_seal=require_seal)
+    receipts.append_ledger(ledger_entry(verdict, Path(path), source="gate.check"))
+    return verdict
+
+
+def find_passing(gate: str, release_sha256: str) -> dict[str, Any] | None:
+    """The newest ledger entry passing `gate` for this release whose run still verifies."""
+    ledger = receipts.ledger_path()
+    if not ledger.exists():
+        return None
+    verification = receipts.verify(ledger, require_seal=False)
+    if not verification.ok:
+        return None
+    found = None
+    for entry in receipts.iter_records(ledger):
+        if (
+            entry.get("gate") == gate
+            and entry.get("passed") is True
+            and entry.get("release_sha256") == release_sha256
+        ):
+            found = entry
+    if found is None:
+        return None
+    run = receipts.verify(found["receipts"])
+    return found if run.ok and run.head == found.get("receipts_head") else None
