@@ -76,3 +76,59 @@ def receipts_table(records: Iterable[dict[str, Any]], *, limit: int | None = Non
 def _short(value: Any) -> str:
     text = str(value)
     return text if len(text) <= 60 else text[:57] + "…"
+
+
+class PhaseView:
+    """Live view of a phase for humans: one line per stage, a progress bar with live req/s and
+    p95 during load. Everything goes to the console given (stderr under --json)."""
+
+    def __init__(self, console: Console, title: str):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.console = console
+        self.console.rule(title)
+        self._progress = Progress(
+            TextColumn("  [cyan]load[/cyan] {task.description}"),
+            BarColumn(),
+            TextColumn(
+                "{task.fields[rps]:>7.1f} req/s  p95 {task.fields[p95]:>7.1f} ms  {task.fields[sent]:>6} sent"
+            ),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self._task: Any = None
+        self._status: Any = None
+
+    def stage_started(self, name: str) -> None:
+        self._status = self.console.status(f"[bold]{name}[/bold] …")
+        self._status.start()
+
+    def _stop_status(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+    def stage_finished(self, name: str, passed: bool, seconds: float, note: str) -> None:
+        self._stop_status()
+        mark = PASS if passed else FAIL
+        self.console.print(
+            f"{mark} [bold]{name:<10}[/bold] {seconds:7.2f} s  {note}", highlight=False
+        )
+
+    def load_started(self, label: str, duration_s: float) -> None:
+        self._stop_status()
+        self._progress.start()
+        self._task = self._progress.add_task(label, total=duration_s, rps=0.0, p95=0.0, sent=0)
+
+    def load_tick(self, elapsed_s: float, rps: float, p95_ms: float, sent: int) -> None:
+        if self._task is not None:
+            self._progress.update(self._task, completed=elapsed_s, rps=rps, p95=p95_ms, sent=sent)
+
+    def load_finished(self) -> None:
+        self._progress.stop()
+        self._task = None
+
+    def note(self, text: str) -> None:
+        self._stop_status()
+        self.console.print(f"  {text}", highlight=False)

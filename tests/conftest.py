@@ -27,3 +27,58 @@ def _runs_dir(tmp_path, monkeypatch):
     """Every test writes its runs and ledger under its own temp dir, never ./runs."""
     monkeypatch.setenv("PIPELINE_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.delenv("PIPELINE_RECEIPT_KEY", raising=False)
+
+
+_OURS: list[str] = []  # the session's temp root: every release a test starts lives under it
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_tempdir(tmp_path_factory):
+    """mkdtemp() goes under pytest's basetemp, so the VMs this session starts can be told apart
+    from those of any other run on the machine (by the release root in their command line)."""
+    import tempfile
+
+    base = tmp_path_factory.getbasetemp()
+    previous, tempfile.tempdir = tempfile.tempdir, str(base)
+    _OURS.append(str(base))
+    yield
+    tempfile.tempdir = previous
+
+
+def _beams() -> set[int]:
+    import psutil
+
+    found = set()
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        if proc.info["name"] in ("beam.smp", "runsc", "runsc-sandbox", "runsc-gofer"):
+            cmdline = " ".join(proc.info["cmdline"] or ())
+            if any(base in cmdline for base in _OURS):
+                found.add(proc.pid)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_behind():
+    """Every test stops what it started: no Erlang VM or sandbox outlives it."""
+    before = _beams()
+    yield
+    import psutil
+
+    from pipeline.waiting import WaitTimeout, poll
+
+    def settled():
+        left = {p for p in _beams() - before if psutil.pid_exists(p)}
+        live = []
+        for pid in left:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    live.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        return True if not live else None
+
+    try:
+        poll(settled, timeout=5, interval=0.05, what="processes to exit")
+    except WaitTimeout:
+        left = sorted(_beams() - before)
+        pytest.fail(f"processes left running after the test: {left}")

@@ -6,9 +6,11 @@ here), gvisor.py (runsc with an OCI bundle), remote.py (a host over SSH with fab
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -26,13 +28,19 @@ class LaunchSpec:
     root: Path
     name: str
     env: dict[str, str]
-    port: int
+    port: int  # 0 = pick a free port
     host: str = "127.0.0.1"
+    ready_path: str = "/ready"
+    fallback_ready_path: str = "/health"
+    poll_interval_s: float = 0.05
+    run_id: str = "adhoc"
 
 
 class Instance(Protocol):
     url: str
     pid: int
+    started_at: float  # time.monotonic() when the release was launched
+    capture: Capture  # the JSON receipts the release printed on stdout
 
     def wait_ready(self, timeout: float) -> float:
         """Poll until ready; return seconds from start to ready. Raises StartupFailed."""
@@ -47,6 +55,38 @@ class Instance(Protocol):
     def stop(self, grace: float = 10.0) -> int:
         """SIGTERM, SIGKILL after `grace` seconds; return the exit status."""
         ...
+
+
+class Capture:
+    """Counts the release's own stdout receipts (JSON lines with a `kind`) as they arrive."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.last: dict[str, dict[str, Any]] = {}
+        self.lines = 0
+        self.invalid = 0
+
+    def feed_line(self, line: str) -> None:
+        self.lines += 1
+        text = line.strip()
+        if not text.startswith("{"):
+            return
+        try:
+            record = json.loads(text)
+        except ValueError:
+            self.invalid += 1
+            return
+        kind = record.get("kind") if isinstance(record, dict) else None
+        if isinstance(kind, str):
+            self.counts[kind] += 1
+            self.last[kind] = record
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def as_receipt(self) -> dict[str, Any]:
+        return {"count": self.total, "kinds": dict(self.counts), "invalid_lines": self.invalid}
 
 
 class Runtime(Protocol):

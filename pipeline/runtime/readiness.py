@@ -1,0 +1,65 @@
+"""Waiting for a release to answer: poll /ready (falling back to /health) every ≤ 50 ms."""
+
+from __future__ import annotations
+
+import http.client
+import time
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from pipeline.waiting import WaitTimeout, poll
+
+
+class NotReady(Exception):
+    pass
+
+
+def http_status(url: str, path: str, timeout: float = 1.0) -> int:
+    """The HTTP status of GET url+path, or 0 when nothing answers."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Connection": "close"})
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    except (OSError, http.client.HTTPException):
+        return 0
+    finally:
+        conn.close()
+
+
+def wait_until_ready(
+    url: str,
+    *,
+    timeout: float,
+    alive: Callable[[], bool],
+    ready_path: str = "/ready",
+    fallback_path: str = "/health",
+    interval: float = 0.05,
+    probe: Callable[[str, str], int] = http_status,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> str:
+    """Poll until `ready_path` answers 200 (or, when it answers 404, `fallback_path` does).
+
+    Returns the path that answered. Raises NotReady saying why: the process exited, or the
+    timeout passed (with the last status seen).
+    """
+    state = {"path": ready_path, "status": 0}
+
+    def ready() -> str | None:
+        if not alive():
+            raise NotReady("exited before it was ready")
+        status = probe(url, state["path"])  # type: ignore[arg-type]
+        if status == 404 and state["path"] == ready_path and fallback_path:
+            state["path"] = fallback_path
+            status = probe(url, fallback_path)
+        state["status"] = status
+        return str(state["path"]) if status == 200 else None
+
+    try:
+        return poll(ready, timeout=timeout, interval=interval, sleep=sleep, clock=clock)
+    except WaitTimeout:
+        seen = "nothing answered" if not state["status"] else f"last status {state['status']}"
+        raise NotReady(f"not ready after {timeout:g} s on {state['path']} ({seen})") from None

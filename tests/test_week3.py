@@ -1,0 +1,232 @@
+"""Week 3 end to end against the reference release on the process runtime."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline import config, receipts
+from pipeline.errors import PipelineError
+from pipeline.phases.week3 import run_week3
+
+REPO = Path(__file__).resolve().parent.parent
+INVOKE = str(Path(sys.executable).parent / "invoke")
+
+
+def quick_env(tmp_path: Path, **start: object) -> config.Env:
+    """envs/local.toml with a few start settings changed (short timeouts for failure tests)."""
+    lines = [f'extends = "{REPO / "envs" / "local.toml"}"', "[start]"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in start.items()]
+    path = tmp_path / "quick.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return config.load_env(path)
+
+
+def failing(result) -> set[str]:
+    return {f"{r.metric} {r.expression}" for r in result.verdict.failures}
+
+
+def kinds(path: Path) -> list[str]:
+    return [r["kind"] for r in receipts.iter_records(path)]
+
+
+@pytest.mark.parametrize("layout", ["rebar3", "wrapped"], ids=["rebar3-layout", "wrapped-layout"])
+def test_good_release_passes_gate2(reference_tarball, layout, tmp_path):
+    result = run_week3(
+        reference_tarball("none", layout), config.load_env("local"), duration=2, rate=20
+    )
+    assert result.verdict.passed, result.verdict.summary()
+    verification = receipts.verify(result.receipts)
+    assert verification.ok and verification.sealed
+    seen = kinds(result.receipts)
+    assert seen[0] == "run" and seen[-1] == "seal" and seen[-2] == "gate"
+    assert seen.count("receipt") == 5
+    assert seen.count("request") >= 38  # 20 req/s for 2 s
+    assert seen.count("metrics") >= 4  # every 250 ms during smoke + load
+    assert {"startup", "shutdown", "capture"} <= set(seen)
+    records = list(receipts.iter_records(result.receipts))
+    run = records[0]
+    assert run["release"]["layout"] == layout and len(run["release"]["sha256"]) == 64
+    shutdown = next(r for r in records if r["kind"] == "shutdown")
+    assert shutdown["exit_status"] == 0 and shutdown["clean"] is True
+    capture = next(r for r in records if r["kind"] == "capture")
+    assert capture["kinds"]["startup"] == 1 and capture["kinds"]["shutdown"] == 1
+    # the verdict is in the ledger and re-judging the sealed file later agrees
+    ledger = list(receipts.iter_records(receipts.ledger_path()))
+    assert ledger[-1]["passed"] is True and ledger[-1]["release_sha256"] == run["release"]["sha256"]
+    again = subprocess.run(
+        [INVOKE, "gate.check", "--gate", "week3", "--receipts", str(result.receipts)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=os.environ,
+    )
+    assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected", "duration"),
+    [
+        ("slow", "http.latency_ms p(95) < 250", 2),
+        ("errors", "http.success rate == 1", 3),
+        ("leak", "memory.mb max < 250", 12),
+    ],
+    ids=["slow-fails-p95", "errors-fail-success-rate", "leak-fails-memory"],
+)
+def test_fault_fails_the_right_expression(reference_tarball, fault, expected, duration):
+    result = run_week3(
+        reference_tarball(fault), config.load_env("local"), duration=duration, rate=20
+    )
+    assert not result.verdict.passed
+    assert expected in failing(result)
+    assert receipts.verify(result.receipts).ok
+
+
+def test_crash_fails_smoke_or_stop_with_the_log_tail(reference_tarball):
+    result = run_week3(reference_tarball("crash"), config.load_env("local"), duration=2, rate=20)
+    assert not result.verdict.passed
+    assert failing(result) & {
+        "stages.failed count == 0",
+        "http.success rate == 1",
+        "smoke.passed count == 5",
+    }
+    errors = [r for r in receipts.iter_records(result.receipts) if r["kind"] == "error"]
+    assert errors and any(e.get("log_tail") for e in errors)
+    shutdown = next(r for r in receipts.iter_records(result.receipts) if r["kind"] == "shutdown")
+    assert shutdown["exit_status"] != 0
+
+
+def test_noready_times_out_with_the_log_tail(reference_tarball, tmp_path):
+    env = quick_env(tmp_path, ready_timeout_s=1.5)
+    started = time.monotonic()
+    result = run_week3(reference_tarball("noready"), env, duration=2)
+    assert time.monotonic() - started < 10
+    assert not result.verdict.passed
+    error = next(r for r in receipts.iter_records(result.receipts) if r["kind"] == "error")
+    assert error["stage"] == "start" and "not ready after 1.5 s" in error["reason"]
+    assert error["log_tail"], "the release's last output lines are in the error receipt"
+    assert "startup.seconds value < 5" in failing(result)  # no startup receipt: no data
+    skipped = [r for r in receipts.iter_records(result.receipts) if r.get("event") == "skip"]
+    assert {r["stage"] for r in skipped} == {"smoke", "load"}
+
+
+def test_slowstart_fails_startup_under_5s(reference_tarball):
+    result = run_week3(reference_tarball("slowstart"), config.load_env("local"), duration=2)
+    assert failing(result) == {"startup.seconds value < 5"}
+    startup = next(r for r in receipts.iter_records(result.receipts) if r["kind"] == "startup")
+    assert startup["seconds"] >= 5.5
+
+
+def run_cli(
+    *args: str, env_extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run(
+        [INVOKE, *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def test_cli_json_streams_receipts_and_exits_0(reference_tarball, tmp_path):
+    out = tmp_path / "r.jsonl"
+    done = run_cli(
+        "phase2.week3",
+        "--tarball",
+        str(reference_tarball()),
+        "--duration",
+        "2",
+        "--receipts",
+        str(out),
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert lines[0]["kind"] == "run" and lines[-1]["kind"] == "seal"
+    assert [r["hash"] for r in lines] == [r["hash"] for r in receipts.iter_records(out)]
+    assert "gate week3: PASS" in done.stderr
+
+
+def test_cli_gate_failure_exits_99(reference_tarball):
+    done = run_cli(
+        "phase2.live",
+        "--tarball",
+        str(reference_tarball("slow")),
+        "--duration",
+        "2",
+        "--rate",
+        "20",
+    )
+    assert done.returncode == 99, done.stderr
+    assert "p(95) < 250" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["missing", "not-a-tarball", "not-otp", "escape"],
+    ids=["missing-file", "garbage", "not-an-otp-release", "path-escape"],
+)
+def test_cli_bad_tarball_exits_2_and_writes_nothing(bad, tmp_path, fake_otp_tarball):
+    from fixtures_tarballs import Entry
+
+    path = tmp_path / "bad.tar.gz"
+    if bad == "not-a-tarball":
+        path.write_bytes(b"\x00garbage" * 100)
+    elif bad == "not-otp":
+        path = fake_otp_tarball(omit=["erts-"])
+    elif bad == "escape":
+        path = fake_otp_tarball(extra_members=[Entry("../../escaped.txt", data=b"pwned")])
+    done = run_cli("phase2.week3", "--tarball", str(path), "--duration", "2")
+    assert done.returncode == 2, done.stdout + done.stderr
+    message = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(message) == 1 and message[0].startswith("error:") and "Traceback" not in done.stderr
+    assert not (tmp_path.parent / "escaped.txt").exists()
+    runs = Path(os.environ["PIPELINE_RUNS_DIR"])
+    assert not runs.exists() or not any(runs.glob("*/receipts.jsonl"))
+
+
+def test_existing_receipts_file_is_refused_and_kept(reference_tarball, tmp_path):
+    out = tmp_path / "r.jsonl"
+    out.write_text("precious\n")
+    with pytest.raises(PipelineError, match="already exists"):
+        run_week3(reference_tarball(), config.load_env("local"), duration=2, receipts=out)
+    assert out.read_text() == "precious\n"
+
+
+def test_ctrl_c_stops_the_release_and_writes_a_failing_gate(reference_tarball, tmp_path):
+    out = tmp_path / "r.jsonl"
+    proc = subprocess.Popen(
+        [
+            INVOKE,
+            "phase2.week3",
+            "--tarball",
+            str(reference_tarball()),
+            "--duration",
+            "30",
+            "--receipts",
+            str(out),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    from pipeline.waiting import poll
+
+    poll(
+        lambda: True if out.exists() and b'"kind":"request"' in out.read_bytes() else None,
+        timeout=30,
+        what="load to start",
+    )
+    os.killpg(proc.pid, 2)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 99, stdout + stderr
+    records = list(receipts.iter_records(out))
+    assert records[-1]["kind"] == "seal" and records[-2]["kind"] == "gate"
+    assert records[-2]["passed"] is False and records[-2]["reason"] == "interrupted"
+    assert receipts.verify(out).ok
