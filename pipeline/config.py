@@ -91,6 +91,64 @@ class MonitorSettings(Strict):
     bands: dict[str, Band] = {}
 
 
+class SandboxSettings(Strict):
+    """gVisor (runsc) sandbox limits: the CCW constraints (owned by runtime/gvisor.py)."""
+
+    runsc: str = "runsc"
+    memory_mb: int = Field(512, gt=0)
+    cpus: float = Field(1.0, gt=0)
+    tmpfs_mb: int = Field(64, gt=0)
+    uid: int = Field(65534, ge=0)
+    gid: int = Field(65534, ge=0)
+    mount_point: str = "/opt/taiea"
+    network: Literal["host"] = "host"
+    network_overhead_ms: float = Field(20.0, ge=0)  # budget for sandboxed minus native p50/p95
+
+
+class CloudRunSettings(Strict):
+    """Cloud Run service and rollout (owned by cloudrun/)."""
+
+    endpoint: str | None = None  # API endpoint; None = Google's default
+    project: str = "taiea-local"
+    region: str = "us-central1"
+    service: str = "tai-autonomics"
+    image: str = "file://{tarball}"  # template: {tarball}, {version}, {name}
+    service_account: str | None = None
+    env: dict[str, str] = {}
+    min_instances: int = Field(0, ge=0)
+    max_instances: int = Field(10, gt=0)
+    concurrency: int = Field(80, ge=0)
+    cpu: str = "2"
+    memory: str = "512Mi"
+    timeout_s: int = Field(300, gt=0)
+    startup_probe_path: str = "/health"
+    liveness_probe_path: str = "/health"
+    tag: str = "candidate"
+    canary_steps: list[int] = [10, 50, 100]
+    bake_s: float = Field(10.0, ge=0)
+    bake_rate: float = Field(50.0, gt=0)
+    production_rate: float = Field(200.0, gt=0)
+    production_s: float = Field(10.0, gt=0)
+    drain_timeout_s: float = Field(60.0, ge=0)
+    keep_revisions: int = Field(2, ge=1)
+    delete_old_revisions: bool = False
+    api_deadline_s: float = Field(120.0, gt=0)
+
+
+class EmulatorSettings(Strict):
+    """The local Cloud Run emulator (owned by emulator/)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8089, ge=0, le=65535)
+    runtime: Literal["process", "gvisor"] = "process"
+    images: dict[str, str] = {}  # image name → tarball path
+    instance_ready_timeout_s: float = Field(30.0, gt=0)
+    scale_interval_s: float = Field(0.25, gt=0)
+    shutdown_grace_s: float = Field(10.0, ge=0)
+    admin_error_rate: float = Field(0.0, ge=0, le=1)  # fault injection: share of admin calls failing
+    admin_error_code: Literal[429, 503] = 503
+
+
 class PhaseSettings(Strict):
     load_profile: str | None = None
     gate: str | None = None  # the [gates.X] table this phase is judged by; default: its own name
@@ -108,6 +166,9 @@ class Env(Strict):
     load: LoadSettings = LoadSettings()
     monitor: MonitorSettings = MonitorSettings()
     phases: dict[str, PhaseSettings] = {}
+    sandbox: SandboxSettings = SandboxSettings()
+    cloudrun: CloudRunSettings = CloudRunSettings()
+    emulator: EmulatorSettings = EmulatorSettings()
     gates: dict[str, dict[str, list[str]]] = {}
     sources: dict[str, str] = {}  # dotted key → the file that set it (for error messages)
 

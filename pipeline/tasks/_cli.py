@@ -27,3 +27,46 @@ def exit_codes() -> Iterator[None]:
 def human_console(json_mode: bool) -> Console:
     """The human view: stdout normally, stderr when --json keeps stdout for JSON lines."""
     return Console(stderr=json_mode, highlight=False)
+
+
+PHASE_HELP = {
+    "tarball": "the release tarball (tai_autonomics-<vsn>.tar.gz, rebar3 or wrapped layout)",
+    "env": "env name (envs/NAME.toml) or path; default local",
+    "port": "port for the release; 0 picks a free one (default: the env file's)",
+    "receipts": "where to write the receipts (default runs/<run-id>/receipts.jsonl)",
+    "json": "print the receipts as JSON lines on stdout; the human view goes to stderr",
+}
+
+
+def finish_phase(result, console):
+    """Render the verdict and where the receipts are; a failed gate becomes exit 99."""
+    from pipeline import report
+    from pipeline.errors import GateFailed
+
+    report.render_verdict(console, result.verdict)
+    console.print(f"receipts: {result.receipts}  ({result.wall_s:.2f} s)", highlight=False)
+    if not result.verdict.passed:
+        raise GateFailed(result.verdict.summary())
+
+
+def phase_view(json_mode, title):
+    """The console for humans and the live phase view on it."""
+    from pipeline import report
+
+    console = human_console(json_mode)
+    return console, report.PhaseView(console, title)
+
+
+def json_echo(json_mode):
+    """A receipts listener printing each record as a JSON line on stdout, or None."""
+    if not json_mode:
+        return None
+    import sys
+
+    import orjson
+
+    def echo(record):
+        sys.stdout.buffer.write(orjson.dumps(record) + b"\n")
+        sys.stdout.flush()
+
+    return echo
