@@ -84,6 +84,7 @@ class Metric:
     extract: Extract
     help: str
     per_second: bool = False  # samples are counts of matching records per second of `sent_s`
+    cross_check: bool = False  # samples come from comparing records with each other (see below)
 
 
 def _field(name: str) -> Extract:
@@ -167,7 +168,10 @@ REGISTRY: dict[str, Metric] = {
     "pilot.mismatches": Metric(("operation",), _flag("matched", False), "one per mismatch"),
     "revenue.records": Metric(("revenue",), _one, "one sample per revenue record"),
     "revenue.consistent": Metric(
-        ("revenue",), _bool("consistent"), "revenue agrees with operations"
+        ("operation", "revenue"),
+        _one,
+        "1 per revenue record whose billable count and amount agree with the operation receipts",
+        cross_check=True,
     ),
     "rollbacks": Metric(("rollback",), _one, "one sample per rollback"),
     "traffic.percent": Metric(("traffic",), _field("percent"), "traffic share of the candidate"),
@@ -265,6 +269,7 @@ class MetricCollector:
     def __init__(self, keys: Sequence[MetricKey]):
         self.samples: dict[str, array[float]] = {}
         self.buckets: dict[str, dict[int, int]] = {}
+        self.ledgers: dict[str, dict[str, Any]] = {}  # cross-checked metrics' running state
         self._by_kind: dict[str, list[Callable[[dict[str, Any]], None]]] = {}
         for key in keys:
             if key.source in self.samples:
@@ -273,6 +278,8 @@ class MetricCollector:
             self.samples[key.source] = array("d")
             if metric.per_second:
                 self.buckets[key.source] = {}
+            if metric.cross_check:
+                self.ledgers[key.source] = {"billable": 0, "revenues": []}
             handler = self._handler(key, metric)
             for kind in metric.kinds:
                 self._by_kind.setdefault(kind, []).append(handler)
@@ -281,6 +288,8 @@ class MetricCollector:
         extract, filters = metric.extract, key.filters
         append = self.samples[key.source].append
         buckets = self.buckets.get(key.source)
+        if metric.cross_check:
+            return self._revenue_handler(self.ledgers[key.source])
 
         def handle(record: dict[str, Any]) -> None:
             for field_name, wanted in filters:
@@ -297,15 +306,36 @@ class MetricCollector:
 
         return handle
 
+    @staticmethod
+    def _revenue_handler(ledger: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+        """Count billable operations; keep each revenue record's claims for values()."""
+
+        def handle(record: dict[str, Any]) -> None:
+            if record.get("kind") == "operation":
+                ledger["billable"] += (
+                    record.get("billable") is True and record.get("matched") is True
+                )
+            else:
+                ledger["revenues"].append(
+                    (record.get("billable_operations"), record.get("amount"), record.get("price"))
+                )
+
+        return handle
+
     def feed(self, record: dict[str, Any]) -> None:
         for handle in self._by_kind.get(record.get("kind"), ()):  # type: ignore[arg-type]
             handle(record)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"samples": self.samples, "buckets": self.buckets}  # results only, not dispatch
+        return {"samples": self.samples, "buckets": self.buckets, "ledgers": self.ledgers}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.samples, self.buckets, self._by_kind = state["samples"], state["buckets"], {}
+        self.samples, self.buckets, self.ledgers = (
+            state["samples"],
+            state["buckets"],
+            state["ledgers"],
+        )
+        self._by_kind = {}  # results only travel between processes, not the dispatch
 
     def merge(self, later: MetricCollector) -> None:
         for name, values in later.samples.items():
@@ -314,12 +344,28 @@ class MetricCollector:
             mine = self.buckets[name]
             for second, n in buckets.items():
                 mine[second] = mine.get(second, 0) + n
+        for name, ledger in later.ledgers.items():
+            self.ledgers[name]["billable"] += ledger["billable"]
+            self.ledgers[name]["revenues"].extend(ledger["revenues"])
 
     def values(self) -> dict[str, Sequence[float]]:
         out: dict[str, Sequence[float]] = dict(self.samples)
         for name, buckets in self.buckets.items():
-            out[name] = array("d", (float(buckets[s]) for s in sorted(buckets)))
+            seconds = range(min(buckets), max(buckets) + 1) if buckets else range(0)
+            out[name] = array("d", (float(buckets.get(s, 0)) for s in seconds))  # a gap is 0/s
+        for name, ledger in self.ledgers.items():
+            claims = ledger["revenues"]
+            out[name] = array("d", (_agrees(ledger["billable"], *claim) for claim in claims))
         return out
+
+
+def _agrees(billable: int, claimed: Any, amount: Any, price: Any) -> float:
+    """1.0 when a revenue record's billable count and amount follow from the operations."""
+    try:
+        expected = round(float(price) * billable, 2)
+        return 1.0 if claimed == billable and abs(float(amount) - expected) < 0.005 else 0.0
+    except (TypeError, ValueError):
+        return 0.0
 
 
 # ---------------------------------------------------------------- judging (pure)

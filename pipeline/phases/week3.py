@@ -277,44 +277,49 @@ def run_load_stage(
         return summary
 
 
-def run_week3(
-    tarball: str | Path,
+def run_live_phase(
+    phase: str,
+    tarball: Path,
     env: Env,
+    spec: Any,
+    body: Callable[[PhaseRun, Instance], None],
     *,
+    skipped: tuple[str, ...],
     port: int | None = None,
     receipts: str | Path | None = None,
     view: View | None = None,
-    rate: float | None = None,
-    duration: float | None = None,
     runtime_factory: Callable[[Env], Any] = runtime_for,
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    begin: dict[str, Any] | None = None,
 ) -> PhaseResult:
-    tarball = Path(tarball)
-    info = releases.inspect(tarball)  # not an OTP release → PipelineError (exit 2), nothing written
-    plan = LoadPlan.of(env.profile(env.phase("week3").load_profile or "week3"), rate, duration)
-    spec = env.gate_spec(env.phase("week3").gate or "week3")
+    """The frame of every phase that runs the release here: validate, extract, start, monitor,
+    then `body(run, instance)`, then stop, judge, seal — and clean up whatever happens.
+
+    The tarball is inspected before anything is written: not an OTP release → PipelineError,
+    no run. An extraction refusal is judged and sealed first, then re-raised (exit 2).
+    """
+    info = releases.inspect(tarball)
     runtime = runtime_factory(env)
-    workdir = Path(tempfile.mkdtemp(prefix="taiea-week3-"))
+    workdir = Path(tempfile.mkdtemp(prefix=f"taiea-{phase}-"))
     live: LiveRelease | None = None
     try:
         launch = launch_env(env, workdir / "tmp")
         run = PhaseRun(
-            "week3", env, receipts_path=receipts, view=view, secrets=secret_values(env, launch)
+            phase, env, receipts_path=receipts, view=view, secrets=secret_values(env, launch)
         )
         if on_record is not None:
             run.writer.subscribe(on_record)
         live = LiveRelease(run, tarball, workdir, env.start.port if port is None else port, runtime)
-        run.begin(info.as_receipt(), runtime=runtime.name, load=asdict(plan))
+        run.begin(info.as_receipt(), runtime=runtime.name, **(begin or {}))
         try:
             live.validate(info)
             if live.extract(info) and live.start():
                 assert live.instance is not None
                 live.start_monitor()
-                run_smoke_stage(run, live.instance.url)
-                run_load_stage(run, live.instance.url, plan, live.instance)
+                body(run, live.instance)
             else:
-                run.skip("smoke", "the release did not start")
-                run.skip("load", "the release did not start")
+                for name in skipped:
+                    run.skip(name, "the release did not start")
             live.stop()
         except KeyboardInterrupt:
             run.interrupted = True
@@ -328,3 +333,31 @@ def run_week3(
         if live is not None:
             live.cleanup()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_week3(
+    tarball: str | Path,
+    env: Env,
+    *,
+    rate: float | None = None,
+    duration: float | None = None,
+    **frame: Any,
+) -> PhaseResult:
+    """Week 3 on the env's runtime; `frame` takes run_live_phase's keyword arguments."""
+    plan = LoadPlan.of(env.profile(env.phase("week3").load_profile or "week3"), rate, duration)
+    spec = env.gate_spec(env.phase("week3").gate or "week3")
+
+    def body(run: PhaseRun, instance: Instance) -> None:
+        run_smoke_stage(run, instance.url)
+        run_load_stage(run, instance.url, plan, instance)
+
+    return run_live_phase(
+        "week3",
+        Path(tarball),
+        env,
+        spec,
+        body,
+        skipped=("smoke", "load"),
+        begin={"load": asdict(plan)},
+        **frame,
+    )

@@ -1,0 +1,54 @@
+"""`invoke pilot.*`: customer pilot scenarios (pilots/*.toml)."""
+
+from invoke import Collection, task
+
+from pipeline.tasks._cli import exit_codes, human_console
+
+
+@task(
+    help={
+        "tenant": "the customer's tenant id",
+        "operations": "how many operations to generate",
+        "seed": "random seed: the same seed gives the same scenario",
+        "name": "the customer's name (default: the tenant id)",
+        "price": "price per billable operation (default 0.25)",
+        "currency": "ISO 4217 currency (default USD)",
+        "out": "write here (default pilots/<tenant>-<operations>-<seed>.toml); - for stdout",
+    },
+    aliases=("gen",),
+)
+def generate(c, tenant, operations=200, seed=1, name=None, price="0.25", currency="USD", out=None):
+    """Write a larger pilot scenario whose expectations follow the reference state machine."""
+    with exit_codes():
+        from pathlib import Path
+
+        from pipeline import pilots
+
+        text = pilots.generate(
+            tenant, int(operations), int(seed), name=name, price=price, currency=currency
+        )
+        if out == "-":
+            print(text, end="")
+            return
+        path = Path(out or f"pilots/{tenant}-{operations}-{seed}.toml")
+        path.write_text(text)
+        pilots.load_scenario(path)  # what we write must load
+        print(path)
+
+
+@task(help={"scenario": "the scenario file to check"})
+def validate(c, scenario):
+    """Check a pilot scenario file: exit 0 valid, 2 with the file, step and field when not."""
+    with exit_codes():
+        from pipeline import pilots
+
+        loaded = pilots.load_scenario(scenario)
+        human_console(False).print(
+            f"{loaded.path}: {len(loaded.operations)} operations for {loaded.customer} "
+            f"({loaded.tenant_id}), {loaded.price} {loaded.currency} per billable operation"
+        )
+
+
+ns = Collection("pilot")
+ns.add_task(generate)
+ns.add_task(validate)
