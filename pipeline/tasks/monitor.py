@@ -1,0 +1,39 @@
+"""`invoke monitor --pid P --seconds S`: sample a running release's memory and CPU."""
+
+from invoke import Collection, task
+
+from pipeline.tasks._cli import exit_codes, human_console, json_echo, phase_view
+
+
+@task(
+    help={
+        "pid": "pid of the release (beam.smp or its start script); its whole process tree is sampled",
+        "seconds": "how long to sample (default 10)",
+        "env": "env with the sampling interval, memory limit and soft bands (default local)",
+        "receipts": "where to write the receipts (default runs/<run-id>/receipts.jsonl)",
+        "json": "print the receipts as JSON lines on stdout; the human view goes to stderr",
+    },
+    default=True,
+)
+def run(c, pid, seconds=10.0, env="local", receipts=None, json=False):
+    """A metrics receipt every interval (rss_mb, cpu_percent, band); prints the peak."""
+    with exit_codes():
+        from pipeline import config
+        from pipeline.phases import standalone
+
+        console, view = phase_view(json, f"monitor · pid {pid}")
+        peak, samples, path = standalone.monitor(
+            int(pid),
+            config.load_env(env),
+            seconds=float(seconds),
+            receipts=receipts,
+            view=view,
+            on_record=json_echo(json),
+        )
+        human_console(json).print(
+            f"{samples} samples, peak {peak:.1f} MB\nreceipts: {path}", highlight=False
+        )
+
+
+ns = Collection("monitor")
+ns.add_task(run)

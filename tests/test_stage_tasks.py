@@ -1,0 +1,103 @@
+"""The stages as tasks of their own, as a release engineer uses them in an incident."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+from pipeline import receipts
+
+REPO = Path(__file__).resolve().parent.parent
+INVOKE = str(Path(sys.executable).parent / "invoke")
+
+
+def invoke(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [INVOKE, *args], cwd=REPO, capture_output=True, text=True, env=os.environ, timeout=120
+    )
+
+
+def test_start_smoke_load_monitor_stop(reference_tarball, tmp_path):
+    started = invoke(
+        "release.start", "--tarball", str(reference_tarball()), "--port", "0", "--json"
+    )
+    assert started.returncode == 0, started.stderr
+    state = json.loads(started.stdout)
+    url, pid = state["url"], state["pid"]
+    try:
+        again = invoke("release.start", "--tarball", str(reference_tarball()))
+        assert again.returncode == 2 and "already running" in again.stderr
+
+        smoke_file = tmp_path / "smoke.jsonl"
+        smoke = invoke("smoke", "--url", url, "--receipts", str(smoke_file))
+        assert smoke.returncode == 0, smoke.stdout + smoke.stderr
+        assert [
+            r["passed"] for r in receipts.iter_records(smoke_file) if r["kind"] == "receipt"
+        ] == [True] * 5
+        assert receipts.verify(smoke_file).ok
+
+        load = invoke("load", "--url", url, "--rate", "50", "--duration", "2", "--json")
+        assert load.returncode == 0, load.stderr
+        requests = [
+            json.loads(line) for line in load.stdout.splitlines() if '"kind":"request"' in line
+        ]
+        assert 95 <= len(requests) <= 101 and all(r["passed"] for r in requests)
+
+        closed = invoke("load", "--url", url, "--closed", "--connections", "4", "--duration", "1")
+        assert closed.returncode == 0 and "req/s" in closed.stdout
+
+        monitored = tmp_path / "monitor.jsonl"
+        monitor = invoke(
+            "monitor", "--pid", str(pid), "--seconds", "1", "--receipts", str(monitored)
+        )
+        assert monitor.returncode == 0, monitor.stderr
+        samples = [r for r in receipts.iter_records(monitored) if r["kind"] == "metrics"]
+        assert len(samples) >= 3 and all(20 < s["rss_mb"] < 500 for s in samples)
+    finally:
+        stopped = invoke("release.stop")
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert not Path(state["workdir"]).exists()
+
+
+def test_stop_without_a_release_is_bad_input():
+    done = invoke("release.stop")
+    assert done.returncode == 2 and done.stderr.startswith("error: no background release")
+
+
+def test_smoke_against_nothing_fails_every_test_with_a_reason(tmp_path):
+    out = tmp_path / "s.jsonl"
+    done = invoke("smoke", "--url", "http://127.0.0.1:9", "--receipts", str(out))
+    assert done.returncode == 99
+    reasons = [r["reason"] for r in receipts.iter_records(out) if r["kind"] == "receipt"]
+    assert len(reasons) == 5 and all(r.startswith("no answer") for r in reasons)
+
+
+def test_monitor_unknown_pid_is_bad_input():
+    done = invoke("monitor", "--pid", "999999", "--seconds", "1")
+    assert done.returncode == 2 and "no process with pid 999999" in done.stderr
+
+
+def test_inspect_and_extract(reference_tarball, tmp_path):
+    inspected = invoke("release.inspect", str(reference_tarball("none", "wrapped")), "--json")
+    facts = json.loads(inspected.stdout)
+    assert (
+        facts["layout"] == "wrapped"
+        and facts["name"] == "tai_autonomics"
+        and facts["version"] == "1.0.0"
+    )
+    dest = tmp_path / "x"
+    extracted = invoke(
+        "release.extract", "--tarball", str(reference_tarball()), "--dest", str(dest)
+    )
+    assert (
+        extracted.returncode == 0
+        and (Path(extracted.stdout.strip()) / "bin" / "tai_autonomics").is_file()
+    )
+    refused = invoke("release.extract", "--tarball", str(reference_tarball()), "--dest", str(dest))
+    assert refused.returncode == 2 and refused.stderr.startswith("error:")
