@@ -1,0 +1,133 @@
+"""Manual Cloud Run operations for runbooks and incidents: status, shift, scale, drain."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.cloudrun.client import Route, RunV2
+from pipeline.config import Env
+from pipeline.errors import PipelineError
+from pipeline.waiting import WaitTimeout, poll
+
+
+def parse_split(text: str) -> list[Route]:
+    """`REV=PCT,REV=PCT` (REV may be `latest`; `REV=PCT#tag` keeps a tag) → routes summing to 100."""
+    routes = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, rest = part.partition("=")
+        percent_text, _, tag = rest.partition("#")
+        if not sep or not name or not percent_text.strip().isdigit():
+            raise PipelineError(
+                f"--to {text!r}: expected REV=PCT[,REV=PCT…], e.g. svc-00002-abc=10,svc-00001-xyz=90"
+            )
+        routes.append(Route(None if name == "latest" else name, int(percent_text), tag))
+    if sum(r.percent for r in routes) != 100:
+        raise PipelineError(
+            f"--to {text!r}: percentages add up to {sum(r.percent for r in routes)}, not 100"
+        )
+    return routes
+
+
+def status(env: Env, endpoint: str | None, backend: Any) -> dict[str, Any]:
+    api = RunV2(env.cloudrun, endpoint=endpoint)
+    service = api.get_service()
+    if service is None:
+        raise PipelineError(
+            f"service {env.cloudrun.service} does not exist at {endpoint or 'Google'} (env {env.name})"
+        )
+    live = backend.revisions() or {}
+    revisions = []
+    for revision in sorted(api.list_revisions(), key=lambda r: r.name):
+        facts = live.get(revision.name, {})
+        revisions.append(
+            {
+                "name": revision.name,
+                "ready": revision.ready,
+                "percent": service.percent_of(revision.name),
+                "tags": sorted(
+                    r.tag
+                    for r in service.traffic
+                    if r.tag and (r.revision or service.latest_ready) == revision.name
+                ),
+                "instances": facts.get("instances"),
+                "inflight": facts.get("inflight"),
+                "min_instances": revision.min_instances,
+                "max_instances": revision.max_instances,
+                "concurrency": revision.concurrency,
+                "image": revision.image,
+                "failed": revision.failed_reason,
+            }
+        )
+    return {
+        "service": service.name,
+        "uri": service.uri,
+        "latest_ready": service.latest_ready,
+        "traffic": service.serving(),
+        "tags": service.tag_uris,
+        "revisions": revisions,
+    }
+
+
+def shift(env: Env, endpoint: str | None, split: str) -> dict[str, int]:
+    api = RunV2(env.cloudrun, endpoint=endpoint)
+    routes = parse_split(split)
+    service = api.set_traffic(routes)
+    for route in routes:
+        if route.revision and service.percent_of(route.revision) != route.percent:
+            raise PipelineError(
+                f"asked {route.percent} % on {route.revision}; the service reports {service.serving()}"
+            )
+    return service.serving()
+
+
+def scale(
+    env: Env, endpoint: str | None, min_instances: int, max_instances: int, concurrency: int
+) -> dict[str, Any]:
+    if min_instances > max_instances:
+        raise PipelineError(
+            f"--min-instances {min_instances} is above --max-instances {max_instances}"
+        )
+    api = RunV2(env.cloudrun, endpoint=endpoint)
+    service = api.set_scaling(min_instances, max_instances, concurrency)
+    revision = api.get_revision(service.latest_ready)
+    return {
+        "revision": revision.name,
+        "min_instances": revision.min_instances,
+        "max_instances": revision.max_instances,
+        "concurrency": revision.concurrency,
+        "desired_min_instances": revision.desired_min_instances,
+    }
+
+
+def drain(env: Env, endpoint: str | None, revision: str, backend: Any, timeout: float) -> str:
+    api = RunV2(env.cloudrun, endpoint=endpoint)
+    service = api.get_service()
+    if service is None:
+        raise PipelineError(f"service {env.cloudrun.service} does not exist")
+    if service.percent_of(revision):
+        raise PipelineError(
+            f"{revision} still gets {service.percent_of(revision)} % of the traffic: shift it away first"
+        )
+    try:
+        poll(
+            lambda: (
+                True
+                if (backend.revisions() or {}).get(revision, {}).get("inflight", 0) == 0
+                else None
+            ),
+            timeout=timeout,
+            interval=0.05,
+            what=f"{revision} to drain",
+        )
+    except WaitTimeout:
+        raise PipelineError(
+            f"{revision} still has requests in flight after {timeout:g} s"
+        ) from None
+    kept = [
+        r
+        for r in service.traffic
+        if not (r.tag and (r.revision or service.latest_ready) == revision)
+    ]
+    if len(kept) != len(service.traffic):
+        api.set_traffic([r for r in kept if r.percent or r.tag])
+    return f"{revision} drained: no requests in flight, tag removed"

@@ -1,0 +1,556 @@
+"""Week 5, production: a gated canary rollout to Cloud Run with scaling, drain and rollback, Gate 4.
+
+The step machine (cloudrun/rollout.py) decides; this module acts — one function per step kind —
+and writes a receipt for every step. The rollout state is saved after every step, so
+`cloudrun.resume` and `cloudrun.rollback` work after a crash or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from pipeline import receipts as receipt_log
+from pipeline import release as releases
+from pipeline import verdicts
+from pipeline.cloudrun.client import CloudRun, DeployFailed, Route, RunV2, Template
+from pipeline.cloudrun.rollout import (
+    RolloutState,
+    Step,
+    advance,
+    canary_routes,
+    fresh,
+    next_step,
+    rollback_routes,
+    weight_is,
+)
+from pipeline.config import Env
+from pipeline.errors import GateFailed, PipelineError
+from pipeline.gates import GateSpec, check, parse_gate
+from pipeline.phases.base import PhaseResult, PhaseRun, StageFailed, View
+from pipeline.phases.week3 import LoadPlan, run_load_stage
+from pipeline.waiting import WaitTimeout, poll
+
+ENDPOINT_ENV = "PIPELINE_CLOUDRUN_ENDPOINT"
+
+
+class Backend(Protocol):
+    """What the platform tells about its revisions beyond the Admin API (the emulator's metrics
+    endpoint; on Google, Cloud Monitoring). None means: not available here."""
+
+    def revisions(self) -> dict[str, dict[str, Any]] | None: ...
+
+
+class NoBackend:
+    def revisions(self) -> dict[str, dict[str, Any]] | None:
+        return None
+
+
+@dataclass
+class Rollout:
+    """Everything one invocation acts with."""
+
+    run: PhaseRun
+    api: CloudRun
+    env: Env
+    backend: Backend
+    state_path: Path
+    state: RolloutState
+    template: Template | None = None
+    sleep: Callable[[float], None] = time.sleep
+
+    @property
+    def settings(self) -> Any:
+        return self.env.cloudrun
+
+    def save(self) -> None:
+        self.state.save(self.state_path)
+
+
+def endpoint_for(env: Env, override: str | None) -> str | None:
+    return override or os.environ.get(ENDPOINT_ENV) or env.cloudrun.endpoint
+
+
+def image_for(env: Env, info: releases.ReleaseInfo) -> str:
+    try:
+        return env.cloudrun.image.format(
+            tarball=info.path.resolve(), version=info.version, name=info.name
+        )
+    except (KeyError, IndexError) as exc:
+        raise PipelineError(f"{env.path}: key cloudrun.image: unknown placeholder {exc}") from None
+
+
+def preflight(sha256: str) -> dict[str, Any]:
+    """The automated gate check before a deploy: a passing Gate 2 and Gate 3 for this release,
+    from runs that still verify. There is no way around it."""
+    found = {gate: verdicts.find_passing(gate, sha256) for gate in ("week3", "week4")}
+    missing = [
+        f"Gate {2 if g == 'week3' else 3} ({g})" for g, entry in found.items() if entry is None
+    ]
+    if missing:
+        raise GateFailed(
+            f"preflight: no passing {' and '.join(missing)} in the ledger {receipt_log.ledger_path()} "
+            f"for release sha256 {sha256[:12]}… — run phase2.week3 and phase2.week4 on this tarball first"
+        )
+    return {
+        gate: {"run": e["judged_run"], "receipts": e["receipts"]} for gate, e in found.items() if e
+    }
+
+
+# ---------------------------------------------------------------- acting, one function per step
+
+
+def do_deploy(r: Rollout) -> dict[str, Any]:
+    assert r.template is not None
+    current = r.api.get_service()
+    serving = current.serving() if current else {}
+    stable = max(serving, key=lambda name: serving[name]) if serving else None
+    began = time.monotonic()
+    try:
+        # the new revision gets no traffic: everything stays pinned on the stable revision
+        service = r.api.deploy(r.template, [Route(stable, 100)] if stable else None)
+    except DeployFailed as exc:
+        raise StageFailed(
+            f"the new revision never got ready: {exc}; the service keeps its traffic"
+        ) from None
+    candidate = service.latest_created
+    if stable:
+        service = r.api.set_traffic(canary_routes(stable, candidate, 0, r.state.tag))
+    else:
+        service = r.api.set_traffic(canary_routes(candidate, candidate, 100, r.state.tag))
+    r.run.write(
+        "deploy",
+        "deploy",
+        revision=candidate,
+        stable=stable,
+        image=r.template.image,
+        first=stable is None,
+        seconds=round(time.monotonic() - began, 3),
+        service_uri=service.uri,
+        tag_uri=service.tag_uris.get(r.state.tag),
+    )
+    write_traffic(r, service, "deploy")
+    return {"candidate": candidate, "stable": stable}
+
+
+def write_traffic(r: Rollout, service: Any, step: str) -> None:
+    r.run.write(
+        "traffic",
+        step,
+        split=service.serving(),
+        step=step,
+        percent=service.percent_of(r.state.candidate) if r.state.candidate else None,
+    )
+
+
+def do_smoke(r: Rollout) -> dict[str, Any]:
+    from pipeline.probes.smoke import run_smoke
+
+    service = r.api.get_service()
+    assert service is not None
+    url = service.tag_uris.get(r.state.tag)
+    if not url:
+        raise StageFailed(f"the candidate has no URL for tag {r.state.tag!r}")
+    results = run_smoke(url, r.env.smoke)
+    for result in results:
+        r.run.write("receipt", "smoke", **result.as_receipt(), url=url)
+    failed = [f"{x.test}: {x.reason}" for x in results if not x.passed]
+    if failed:
+        raise StageFailed("smoke on the tagged URL failed: " + "; ".join(failed))
+    return {}
+
+
+def shift(r: Rollout, percent: int) -> Any:
+    """Set weight, then verify weight from what the service reports."""
+    assert r.state.candidate is not None
+    stable = r.state.stable or r.state.candidate
+    service = r.api.set_traffic(canary_routes(stable, r.state.candidate, percent, r.state.tag))
+    if not weight_is(service, r.state.candidate, percent):
+        raise StageFailed(
+            f"asked for {percent} % on {r.state.candidate}, the service reports {service.serving()}"
+        )
+    return service
+
+
+def window_gate(env: Env, stage: str) -> GateSpec:
+    """The `[gates.canary]` thresholds, judged on the receipts of one window only."""
+    table = env.gates.get("canary")
+    if not table:
+        raise PipelineError(f"{env.path}: no [gates.canary] table for the canary steps")
+    source = env.sources.get("gates.canary", str(env.path))
+    scoped = {
+        f"{key}{{stage:{stage}}}" if "{" not in key else key: exprs for key, exprs in table.items()
+    }
+    return parse_gate(f"canary:{stage}", scoped, source)
+
+
+def do_canary(r: Rollout, percent: int) -> dict[str, Any]:
+    stage = f"canary-{percent}"
+    service = shift(r, percent)
+    write_traffic(r, service, stage)
+    before = r.backend.revisions()
+    plan = LoadPlan(r.settings.bake_rate, r.settings.bake_s)
+    if plan.duration_s > 0:
+        run_load_stage(r.run, service.uri, plan, stage_name=f"{stage}-bake")
+    verdict = check(r.run.path, window_gate(r.env, f"{stage}-bake"), require_seal=False)
+    backend = revision_window(before, r.backend.revisions(), r.state.candidate)
+    r.run.write(
+        "analysis",
+        stage,
+        passed=verdict.passed,
+        percent=percent,
+        revision=r.state.candidate,
+        results=[x.as_dict() for x in verdict.results],
+        backend=backend,
+    )
+    problems = [f"{x.metric} {x.expression} (measured {x.measured})" for x in verdict.failures]
+    if backend and backend.get("errors"):
+        problems.append(f"{r.state.candidate} answered {backend['errors']} errors in the window")
+    if problems:
+        raise StageFailed(f"canary {percent} % failed: " + "; ".join(problems))
+    return {"percent": percent}
+
+
+def revision_window(
+    before: dict | None, after: dict | None, revision: str | None
+) -> dict[str, Any] | None:
+    """The candidate's own requests and errors during the window, where the backend gives them."""
+    if not after or not revision or revision not in after:
+        return None
+    now, then = after[revision], (before or {}).get(revision, {})
+    return {
+        "requests": now.get("requests", 0) - then.get("requests", 0),
+        "errors": now.get("errors", 0) - then.get("errors", 0),
+        "instances": now.get("instances"),
+    }
+
+
+def do_rollback(r: Rollout) -> dict[str, Any]:
+    stable = r.state.stable
+    assert stable is not None
+    service = r.api.set_traffic(rollback_routes(stable, r.state.candidate, r.state.tag))
+    if not weight_is(service, stable, 100):
+        raise StageFailed(
+            f"rollback asked 100 % on {stable}, the service reports {service.serving()}"
+        )
+    r.run.write(
+        "rollback", "rollback", reason=r.state.reason, to=stable, away_from=r.state.candidate
+    )
+    write_traffic(r, service, "rollback")
+    return {}
+
+
+def do_scale(r: Rollout) -> dict[str, Any]:
+    assert r.state.candidate is not None
+    want = (r.settings.min_instances, r.settings.max_instances, r.settings.concurrency)
+    revision = r.api.get_revision(r.state.candidate)
+    if (revision.min_instances, revision.max_instances, revision.concurrency) != want:
+        r.api.set_scaling(*want)
+        revision = r.api.get_revision(r.api.get_service().latest_ready)  # type: ignore[union-attr]
+    seen = (revision.min_instances, revision.max_instances, revision.concurrency)
+    r.run.write(
+        "scale",
+        "scale",
+        revision=revision.name,
+        min_instances=seen[0],
+        max_instances=seen[1],
+        concurrency=seen[2],
+        desired_min_instances=revision.desired_min_instances,
+        applied=seen == want,
+    )
+    if seen != want:
+        raise StageFailed(f"scaling not applied: the revision reports {seen}, wanted {want}")
+    return {}
+
+
+def do_drain(r: Rollout) -> dict[str, Any]:
+    old = r.state.stable
+    if not old or old == r.state.candidate:
+        r.run.write("drain", "drain", revision=None, note="first deployment: nothing to drain")
+        return {}
+    began = time.monotonic()
+
+    def drained() -> bool | None:
+        seen = r.backend.revisions()
+        if seen is None:
+            return None  # no backend: the configured drain window runs out instead
+        return True if seen.get(old, {}).get("inflight", 0) == 0 else None
+
+    try:
+        poll(
+            drained,
+            timeout=r.settings.drain_timeout_s,
+            interval=0.05,
+            what=f"{old} to drain",
+            sleep=r.sleep,
+        )
+        how = "in-flight reached 0"
+    except WaitTimeout:
+        if r.backend.revisions() is not None:
+            raise StageFailed(
+                f"{old} still had requests in flight after {r.settings.drain_timeout_s:g} s"
+            ) from None
+        how = f"drain window of {r.settings.drain_timeout_s:g} s elapsed"
+    deleted = []
+    if r.settings.delete_old_revisions:
+        service = r.api.get_service()
+        assert service is not None
+        keep = r.settings.keep_revisions
+        names = sorted((rev.name for rev in r.api.list_revisions()), reverse=True)
+        for name in names[keep:]:
+            if not service.percent_of(name):
+                r.api.delete_revision(name)
+                deleted.append(name)
+    r.run.write(
+        "drain",
+        "drain",
+        revision=old,
+        how=how,
+        seconds=round(time.monotonic() - began, 3),
+        deleted=deleted,
+    )
+    return {}
+
+
+def do_production(r: Rollout) -> dict[str, Any]:
+    service = r.api.get_service()
+    assert service is not None
+    plan = LoadPlan(r.settings.production_rate, r.settings.production_s)
+    samples: list[dict[str, Any]] = []
+    run_load_stage(r.run, service.uri, plan, stage_name="production")
+    seen = r.backend.revisions() or {}
+    for revision, facts in seen.items():
+        for instance in facts.get("instance_list", []) or []:
+            r.run.write("metrics", "production", revision=revision, **instance)
+            samples.append(instance)
+        if revision == r.state.candidate:
+            needed = math.ceil(
+                (facts.get("peak_inflight") or 0) / max(1, r.settings.concurrency or 80)
+            )
+            r.run.write(
+                "metrics",
+                "production",
+                revision=revision,
+                instances=facts.get("instances", 0),
+                peak_inflight=facts.get("peak_inflight"),
+                instances_needed=max(1, needed),
+            )
+    return {"instances": len(samples)}
+
+
+ACTIONS: dict[str, Callable[..., dict[str, Any]]] = {
+    "deploy": do_deploy,
+    "smoke": do_smoke,
+    "canary": do_canary,
+    "rollback": do_rollback,
+    "scale": do_scale,
+    "drain": do_drain,
+    "production": do_production,
+}
+
+
+def drive(r: Rollout) -> None:
+    """Run steps until the machine says it is over; save the state after every one."""
+    while (step := next_step(r.state)) is not None:
+        outcome: dict[str, Any] = {}
+        with r.run.stage(step.label) as stage:
+            try:
+                act = ACTIONS[step.kind]
+                outcome = act(r, step.percent) if step.kind == "canary" else act(r)
+            except KeyboardInterrupt:
+                settle_after_interrupt(r, step)
+                raise
+        r.state = advance(r.state, step, stage.passed, reason=stage.reason, **outcome)
+        r.save()
+
+
+def settle_after_interrupt(r: Rollout, step: Step) -> None:
+    """Ctrl-C mid-step: traffic goes back to the last completed step, and we say so."""
+    if step.kind == "canary" and r.state.candidate and r.state.stable:
+        percent = r.state.current_percent
+        r.api.set_traffic(canary_routes(r.state.stable, r.state.candidate, percent, r.state.tag))
+        r.run.view.note(
+            f"interrupted: traffic left at the last completed step, {percent} % on {r.state.candidate}"
+        )
+        r.run.error(step.label, f"interrupted; traffic back to {percent} % on the candidate")
+    r.save()
+
+
+def run_week5(
+    tarball: str | Path,
+    env: Env,
+    *,
+    endpoint: str | None = None,
+    receipts: str | Path | None = None,
+    view: View | None = None,
+    api_factory: Callable[[Env, str | None], CloudRun] | None = None,
+    backend_factory: Callable[[Env, str | None], Backend] | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> PhaseResult:
+    info = releases.inspect(Path(tarball))
+    preflight_facts = preflight(info.sha256)  # exit 99 naming the missing gate: no skipping it
+    spec = env.gate_spec(env.phase("week5").gate or "week5")
+    where = endpoint_for(env, endpoint)
+    api = (api_factory or (lambda e, url: RunV2(e.cloudrun, endpoint=url)))(env, where)
+    backend = (backend_factory or default_backend)(env, where)
+    run = PhaseRun("week5", env, receipts_path=receipts, view=view)
+    if on_record is not None:
+        run.writer.subscribe(on_record)
+    run.begin(
+        info.as_receipt(),
+        endpoint=where or "run.googleapis.com",
+        service=env.cloudrun.service,
+        preflight=preflight_facts,
+    )
+    state = fresh(
+        run.writer.run_id,
+        env.cloudrun.service,
+        where,
+        image_for(env, info),
+        info.sha256,
+        info.version,
+        env.cloudrun.tag,
+        list(env.cloudrun.canary_steps),
+    )
+    rollout = Rollout(run, api, env, backend, run.path.parent / "rollout.json", state, sleep=sleep)
+    rollout.template = Template.of(env.cloudrun, state.image)
+    rollout.save()
+    return finish_rollout(rollout, spec)
+
+
+def finish_rollout(rollout: Rollout, spec: GateSpec) -> PhaseResult:
+    run = rollout.run
+    try:
+        drive(rollout)
+    except KeyboardInterrupt:
+        run.interrupted = True
+    state = rollout.state
+    run.facts.update(
+        phase=state.phase,
+        candidate=state.candidate,
+        stable=state.stable,
+        reason=state.reason,
+        state_file=str(rollout.state_path),
+    )
+    if state.phase == "rolled_back":
+        run.error("rollback", f"rolled back: {state.reason}")
+    return run.finish(spec)
+
+
+def resume(
+    state_path: Path,
+    env: Env,
+    *,
+    action: str = "resume",
+    view: View | None = None,
+    api_factory: Callable[[Env, str | None], CloudRun] | None = None,
+    backend_factory: Callable[[Env, str | None], Backend] | None = None,
+    receipts: str | Path | None = None,
+) -> PhaseResult:
+    """Continue (or roll back) a rollout from its saved state, in a run of its own."""
+    state = RolloutState.load(state_path)
+    if state.finished and action == "resume":
+        raise PipelineError(
+            f"{state_path}: the rollout already ended ({state.phase}); nothing to resume"
+        )
+    if action == "rollback":
+        if not state.stable:
+            raise PipelineError(
+                f"{state_path}: first deployment of the service: there is no previous revision to roll back to"
+            )
+        state = replace(
+            state, phase="rollback", reason=state.reason or "rollback requested by hand"
+        )
+    api = (api_factory or (lambda e, url: RunV2(e.cloudrun, endpoint=url)))(env, state.endpoint)
+    backend = (backend_factory or default_backend)(env, state.endpoint)
+    run = PhaseRun("week5", env, receipts_path=receipts, view=view)
+    run.begin(
+        {"sha256": state.release_sha256, "version": state.release_version},
+        resumed_from=state.run_id,
+        action=action,
+        endpoint=state.endpoint,
+    )
+    rollout = Rollout(run, api, env, backend, state_path, state)
+    if state.phase == "deploy":
+        rollout.template = Template.of(env.cloudrun, state.image)
+    spec = env.gate_spec(env.phase("week5").gate or "week5")
+    return finish_rollout(rollout, spec)
+
+
+def latest_state() -> Path:
+    found = sorted(
+        receipt_log.runs_dir().glob("*-week5-*/rollout.json"), key=lambda p: p.stat().st_mtime
+    )
+    if not found:
+        raise PipelineError(
+            f"no rollout state under {receipt_log.runs_dir()} (run phase2.week5 first)"
+        )
+    return found[-1]
+
+
+def default_backend(env: Env, endpoint: str | None) -> Backend:
+    """The emulator's metrics endpoint when the API is local; nothing on Google."""
+    if endpoint and endpoint.startswith("http://127.0.0.1"):
+        from pipeline.cloudrun.metrics import EmulatorMetrics
+
+        return EmulatorMetrics(endpoint, env.cloudrun)
+    return NoBackend()
+
+
+def ensure_endpoint(env: Env, override: str | None, view: View | None = None) -> str | None:
+    """The API endpoint to use; with a local endpoint where nothing answers yet, start the
+    emulator in the background (and say how to stop it)."""
+    import subprocess
+    import sys
+    from urllib.parse import urlsplit
+
+    from pipeline.runtime.readiness import http_status
+
+    where = endpoint_for(env, override)
+    if not where or not where.startswith("http://127.0.0.1"):
+        return where
+    probe_path = f"/v2/projects/{env.cloudrun.project}/locations/{env.cloudrun.region}/services"
+    if http_status(where, probe_path):
+        return where
+    port = urlsplit(where).port or 8089
+    repo = Path(__file__).resolve().parent.parent.parent
+    started = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "invoke",
+            "emulator.start",
+            "--background",
+            "--port",
+            str(port),
+            "--env",
+            str(env.path),
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if started.returncode != 0:
+        raise PipelineError(
+            f"no Cloud Run API answers at {where} and the emulator did not start: {started.stderr.strip()}"
+        )
+    try:
+        poll(
+            lambda: True if http_status(where, probe_path) else None,
+            timeout=30,
+            what="the emulator",
+        )
+    except WaitTimeout:
+        raise PipelineError(f"started the emulator, but nothing answers at {where}") from None
+    if view is not None:
+        view.note(
+            f"started the local Cloud Run emulator at {where} (stop it with `invoke emulator.stop`)"
+        )
+    return where

@@ -1,0 +1,38 @@
+"""`invoke phase2.week5` (alias phase2.production): the gated Cloud Run rollout, Gate 4."""
+
+from invoke import task
+
+from pipeline.tasks._cli import PHASE_HELP, exit_codes, finish_phase, json_echo, phase_view
+
+
+@task(
+    help={
+        "tarball": PHASE_HELP["tarball"],
+        "env": "env name or path (default cloudrun-local: the local emulator; cloudrun-prod: Google)",
+        "endpoint": "Cloud Run API endpoint, overriding the env file (or PIPELINE_CLOUDRUN_ENDPOINT)",
+        "receipts": PHASE_HELP["receipts"],
+        "json": PHASE_HELP["json"],
+    },
+    aliases=("production",),
+)
+def week5(c, tarball, env="cloudrun-local", endpoint=None, receipts=None, json=False):
+    """Week 5: preflight (Gate 2 + 3), deploy tagged, smoke, canary steps, scale, drain, Gate 4."""
+    with exit_codes():
+        from pipeline import config
+        from pipeline.phases.week5 import ensure_endpoint, run_week5
+
+        environment = config.load_env(env)
+        console, view = phase_view(json, f"week 5 · Cloud Run rollout · env {environment.name}")
+        where = ensure_endpoint(environment, endpoint, view)
+        result = run_week5(
+            tarball,
+            environment,
+            endpoint=where,
+            receipts=receipts,
+            view=view,
+            on_record=json_echo(json),
+        )
+        finish_phase(result, console)
+
+
+TASK = week5

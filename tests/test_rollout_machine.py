@@ -1,0 +1,188 @@
+"""The rollout's step machine, decided apart from acting: pure functions, zero time."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.cloudrun.client import Route, ServiceState
+from pipeline.cloudrun.rollout import (
+    RolloutState,
+    Step,
+    advance,
+    canary_routes,
+    fresh,
+    next_step,
+    rollback_routes,
+    weight_is,
+)
+from pipeline.errors import PipelineError
+
+
+def state(**changes) -> RolloutState:
+    base = fresh(
+        "r1",
+        "svc",
+        "http://127.0.0.1:1",
+        "file:///t.tar.gz",
+        "ab" * 32,
+        "1.0.0",
+        "candidate",
+        [10, 50, 100],
+    )
+    from dataclasses import replace
+
+    return replace(base, **changes)
+
+
+def walk(start: RolloutState, failing: str | None = None) -> list[str]:
+    """Labels of the steps taken when every step passes except `failing`."""
+    taken, current = [], start
+    while (step := next_step(current)) is not None:
+        taken.append(step.label)
+        facts = (
+            {"candidate": "svc-00002-abc", "stable": current.stable}
+            if step.kind == "deploy"
+            else {}
+        )
+        current = advance(
+            current,
+            step,
+            step.label != failing,
+            reason="boom" if step.label == failing else None,
+            **facts,
+        )
+        assert len(taken) < 20
+    return taken
+
+
+@pytest.mark.parametrize(
+    ("start", "failing", "expected"),
+    [
+        (
+            state(stable="svc-00001-xyz"),
+            None,
+            [
+                "deploy",
+                "smoke",
+                "canary-10",
+                "canary-50",
+                "canary-100",
+                "scale",
+                "drain",
+                "production",
+            ],
+        ),
+        (state(stable=None), None, ["deploy", "smoke", "scale", "drain", "production"]),
+        (state(stable="svc-00001-xyz"), "canary-10", ["deploy", "smoke", "canary-10", "rollback"]),
+        (
+            state(stable="svc-00001-xyz"),
+            "canary-50",
+            ["deploy", "smoke", "canary-10", "canary-50", "rollback"],
+        ),
+        (state(stable="svc-00001-xyz"), "smoke", ["deploy", "smoke", "rollback"]),
+        (
+            state(stable="svc-00001-xyz"),
+            "production",
+            [
+                "deploy",
+                "smoke",
+                "canary-10",
+                "canary-50",
+                "canary-100",
+                "scale",
+                "drain",
+                "production",
+                "rollback",
+            ],
+        ),
+        (state(stable="svc-00001-xyz"), "deploy", ["deploy"]),
+        (state(stable=None), "smoke", ["deploy", "smoke"]),
+        (
+            state(stable="s", candidate="c", phase="canary", completed_step=0),
+            None,
+            ["canary-50", "canary-100", "scale", "drain", "production"],
+        ),
+    ],
+    ids=[
+        "canary-all-the-way",
+        "first-deploy-skips-canary",
+        "fail-first-step-rolls-back",
+        "fail-second-step",
+        "smoke-fails-rolls-back",
+        "production-fails-rolls-back",
+        "deploy-fails-ends",
+        "first-deploy-smoke-fails-ends",
+        "resume-after-first-step",
+    ],
+)
+def test_step_sequence(start, failing, expected):
+    assert walk(start, failing) == expected
+
+
+def test_rollback_records_the_reason_and_ends_rolled_back():
+    current = state(stable="s", candidate="c", phase="canary")
+    current = advance(current, Step("canary", 10), False, reason="p95 too high")
+    assert current.phase == "rollback" and current.reason == "p95 too high"
+    assert next_step(current) == Step("rollback")
+    current = advance(current, Step("rollback"), True)
+    assert current.phase == "rolled_back" and current.finished and next_step(current) is None
+
+
+def test_completed_step_tracks_the_last_passed_percentage():
+    current = state(stable="s", candidate="c", phase="canary")
+    assert current.current_percent == 0
+    current = advance(current, Step("canary", 10), True)
+    assert current.current_percent == 10 and next_step(current) == Step("canary", 50)
+
+
+def test_state_round_trips_through_its_file(tmp_path):
+    current = advance(
+        state(stable="s", candidate="c", phase="canary"), Step("canary", 10), True, note="x"
+    )
+    path = tmp_path / "rollout.json"
+    current.save(path)
+    assert RolloutState.load(path) == current
+    assert not path.with_suffix(".tmp").exists()
+
+
+@pytest.mark.parametrize(
+    "text", ["", "{}", '{"run_id": 1}', "[1]"], ids=["empty", "no-fields", "partial", "list"]
+)
+def test_broken_state_file_is_bad_input(tmp_path, text):
+    path = tmp_path / "rollout.json"
+    path.write_text(text)
+    with pytest.raises(PipelineError, match="not a rollout state file"):
+        RolloutState.load(path)
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [[10, 50], [50, 10, 100], [0, 100], [10, 10, 100], []],
+    ids=["no-100", "falling", "zero", "repeat", "empty"],
+)
+def test_bad_canary_steps_are_refused(steps):
+    with pytest.raises(PipelineError, match="canary steps"):
+        fresh("r", "s", None, "i", "x", "1", "t", steps)
+
+
+@pytest.mark.parametrize(
+    ("percent", "expected"),
+    [
+        (0, [Route("c", 0, "candidate"), Route("s", 100)]),
+        (10, [Route("c", 10, "candidate"), Route("s", 90)]),
+        (100, [Route("c", 100, "candidate")]),
+    ],
+    ids=["tag-only", "ten-percent", "all-in"],
+)
+def test_canary_routes_set_weight(percent, expected):
+    routes = canary_routes("s", "c", percent, "candidate")
+    assert routes == expected and sum(r.percent for r in routes) == 100
+
+
+def test_rollback_routes_and_weight_verification():
+    routes = rollback_routes("s", "c", "candidate")
+    service = ServiceState("svc", "http://x", "e", 3, "c", "c", tuple(routes))
+    assert weight_is(service, "s", 100) and weight_is(service, "c", 0)
+    assert not weight_is(service, "c", 10)
+    latest = ServiceState("svc", "http://x", "e", 3, "c", "c", (Route(None, 100),))
+    assert latest.percent_of("c") == 100  # a LATEST route counts for the latest ready revision
