@@ -132,3 +132,19 @@ class PhaseView:
     def note(self, text: str) -> None:
         self._stop_status()
         self.console.print(f"  {text}", highlight=False)
+
+
+def gates_table(outcomes: Any) -> Table:
+    """phase2.all's closing table: every gate, its verdict, and where its receipts are."""
+    table = Table(title="Phase 2", title_justify="left")
+    for column in ("", "gate", "week", "verdict", "receipts"):
+        table.add_column(column, overflow="fold")
+    for outcome in outcomes:
+        result = outcome.result
+        if result is None:
+            mark, verdict, where = "[dim]–[/dim]", outcome.note, ""
+        else:
+            mark = PASS if result.verdict.passed else FAIL
+            verdict, where = outcome.note, str(result.receipts)
+        table.add_row(mark, outcome.gate, outcome.week, verdict, where)
+    return table

@@ -1,0 +1,58 @@
+"""`invoke phase2.all`: weeks 2 → 5, stopping at the first failure, with a table of all gates."""
+
+from invoke import task
+
+from pipeline.tasks._cli import exit_codes, human_console
+
+
+@task(
+    name="all",
+    help={
+        "tarball": "the release tarball",
+        "week2_env": "env for week 2 (default ccw-sandbox: gVisor)",
+        "week3_env": "env for week 3 (default local)",
+        "week4_env": "env for week 4 (default local)",
+        "week5_env": "env for week 5 (default cloudrun-local: the emulator)",
+        "duration": "shorten the load windows of weeks 2 and 3 to this many seconds",
+        "endpoint": "Cloud Run API endpoint for week 5 (default: the env file's)",
+    },
+    aliases=("everything",),
+)
+def all_weeks(
+    c,
+    tarball,
+    week2_env=None,
+    week3_env=None,
+    week4_env=None,
+    week5_env=None,
+    duration=None,
+    endpoint=None,
+):
+    """Phase 2 end to end: weeks 2 → 5, each refusing to start without the previous gate's pass."""
+    with exit_codes():
+        from pipeline import config, report
+        from pipeline.errors import GateFailed
+        from pipeline.phases.all import DEFAULT_ENVS, run_all
+        from pipeline.phases.week5 import ensure_endpoint
+
+        chosen = {"week2": week2_env, "week3": week3_env, "week4": week4_env, "week5": week5_env}
+        envs = {week: config.load_env(chosen[week] or DEFAULT_ENVS[week]) for week in DEFAULT_ENVS}
+        console = human_console(False)
+        options: dict = {"week5": {"endpoint": None}}
+        if duration:
+            options["week2"] = {"duration": float(duration)}
+            options["week3"] = {"duration": float(duration)}
+
+        def view_for(week, env):
+            if week == "week5":
+                options["week5"]["endpoint"] = ensure_endpoint(env, endpoint)
+            return report.PhaseView(console, f"{week} · env {env.name}")
+
+        outcomes = run_all(tarball, envs, view_for=view_for, options=options)
+        console.print(report.gates_table(outcomes))
+        failed = [o for o in outcomes if o.result is None or not o.result.verdict.passed]
+        if failed:
+            raise GateFailed(f"{failed[0].gate} ({failed[0].week}): {failed[0].note}")
+
+
+TASK = all_weeks
