@@ -300,7 +300,10 @@ def main() -> int:
             server = escript_server(tmp)
         with server as (url, what):
             print(f"server: {what} at {url}")
-            print(f"probe event loop: {loop_name}; {os.cpu_count()} CPUs")
+            print(
+                f"probe event loop: {loop_name}; {os.cpu_count()} CPUs; "
+                f"load average {os.getloadavg()[0]:.2f} (other work on this host skews all figures)"
+            )
             print(
                 f"receipt-like callback alone: {callback_cost_us(tmp / 'cost.jsonl'):.1f} us/call"
             )
@@ -337,6 +340,19 @@ def main() -> int:
                 f"{w_last.rps:.0f} req/s, p50 {w_last.p50_ms:.3f} ms "
                 f"(x{pc.achieved_rps / w_last.rps:.2f} req/s, x{pc.p50_ms / w_last.p50_ms:.2f} p50)"
             )
+            if loop_name == "uvloop":
+                os.environ["PIPELINE_LOAD_UVLOOP"] = "0"
+                try:
+                    ps = run_closed_loop(url, [HEALTH], CONNECTIONS, args.duration)
+                finally:
+                    del os.environ["PIPELINE_LOAD_UVLOOP"]
+                w_std = run_wrk(url, args.duration)
+                print(
+                    f"  on the stdlib asyncio loop (no uvloop): probe {ps.achieved_rps:.0f} req/s, "
+                    f"p50 {ps.p50_ms:.3f} ms, p99 {ps.p99_ms:.3f} ms; wrk right after "
+                    f"{w_std.rps:.0f} req/s, p50 {w_std.p50_ms:.3f} ms "
+                    f"(x{ps.achieved_rps / w_std.rps:.2f} req/s, x{ps.p50_ms / w_std.p50_ms:.2f} p50)"
+                )
             ok_rps = med_rr >= CLOSED_RPS_RATIO
             ok_p50 = med_pr <= CLOSED_P50_RATIO
             print(
@@ -381,7 +397,7 @@ def main() -> int:
                         f"open loop ({label}): on time {on_time:.2%}, "
                         f"{summary.completed - summary.passed} failed"
                     )
-    print()
+    print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
     if misses:
         print("MISSED: " + "; ".join(misses))
         return 1

@@ -398,6 +398,27 @@ def test_open_loop_slow_client_counts_late_and_charges_latency(server: Server) -
     _check_invariants(summary, results)
 
 
+def test_open_loop_drops_what_a_stalled_client_could_not_send_in_time(server: Server) -> None:
+    """Requests due while the client was stuck past the window's end are dropped, not sent."""
+    results: list[RequestResult] = []
+
+    def on_result(r: RequestResult) -> None:
+        results.append(r)
+        if len(results) == 30:
+            end = time.perf_counter() + 0.4  # the client hangs from ~0.3 s to ~0.7 s
+            while time.perf_counter() < end:
+                pass
+
+    t = time.perf_counter()
+    summary = run_open_loop(server.url, [HEALTH], 100, 0.5, on_result=on_result)
+    assert time.perf_counter() - t < 2.0
+    assert summary.scheduled == 50
+    assert summary.dropped >= 15
+    assert summary.sent == len(results) == 50 - summary.dropped
+    assert all(r.sent_s < 0.5 + 0.010 for r in results)  # nothing sent after the window
+    assert summary.success_rate == pytest.approx(summary.passed / 50)
+
+
 def test_open_loop_drops_beyond_max_inflight(server: Server) -> None:
     results: list[RequestResult] = []
     summary = run_open_loop(

@@ -14,8 +14,9 @@ scheduled time, so a stalled server or a slow client cannot hide (no coordinated
 ``service_ms`` runs from the real send. Closed loop: ``connections`` connections each send
 back-to-back with keep-alive; latency runs from the send.
 
-After ``duration_s`` nothing new is sent; outstanding requests get until ``timeout_s`` after their
-send, then are reported as failed (status 0, "timeout"). Both entry points run their own event loop
+After ``duration_s`` nothing new is sent (open loop: a request due inside the window may still go
+out up to ``late_ms`` after its end, late; later than that it is dropped); outstanding requests get
+until ``timeout_s`` after their send, then are reported as failed (status 0, "timeout"). Both entry points run their own event loop
 (uvloop when it is installed, unless ``PIPELINE_LOAD_UVLOOP=0``) and work from any thread; a
 :class:`StopToken` ends a run early from another thread. Ctrl-C in the main thread closes every
 socket and raises KeyboardInterrupt.
@@ -50,6 +51,7 @@ TICK_S = 0.25
 _WINDOW_TICKS = 4  # rps and p95 of a Tick cover the last second
 _MAX_HEAD = 64 * 1024
 _READ_SIZE = 16 * 1024
+_MIN_SLEEP = 0.001
 
 _now = time.perf_counter
 
@@ -904,9 +906,12 @@ class _OpenRun(_Run):
         nt = self.nt
         i = 0
         try:
+            # a request due inside the window is still sent up to late_s after its end (it
+            # counts as late if it is); later, it is dropped: nothing goes out after that
+            close_at = self.t_end + self.late_s
             while i < n_total:
                 now = _now()
-                if now >= self.t_end:
+                if now >= close_at or self.stopping:
                     break
                 while i < n_total:
                     sched = t0 + i / rate
@@ -916,7 +921,9 @@ class _OpenRun(_Run):
                     self.dispatch(targets[i % nt], sched)
                     i += 1
                 if i < n_total:
-                    await asyncio.sleep(t0 + i / rate - _now())
+                    # at least a millisecond: uvloop's timers count whole milliseconds, and a
+                    # shorter sleep spins (a CPU the server on the same host needs)
+                    await asyncio.sleep(max(t0 + i / rate - _now(), _MIN_SLEEP))
         finally:
             # due before the window closed (or the run was stopped) but never sent
             window = self.t_end - t0
