@@ -14,7 +14,7 @@ from pipeline.tasks._cli import exit_codes
         "wrapped (under one top folder tai_autonomics/); default rebar3",
         "out": "directory to write the tarball to (default build/)",
     },
-    default=True,
+    aliases=("release",),
 )
 def build(c, version="1.0.0", fault="none", layout="rebar3", out="build"):
     """Build the reference release with erlc + systools; the last line is the tarball path."""
@@ -27,5 +27,33 @@ def build(c, version="1.0.0", fault="none", layout="rebar3", out="build"):
     print(tarball)
 
 
+@task(
+    help={
+        "duration": "load window of weeks 2 and 3 in seconds (default 5; the env files say 15)",
+        "out": "where the reference release is built (default build/)",
+    },
+    default=True,
+)
+def run(c, duration=5.0, out="build"):
+    """The main job on the embedded default: build the reference release, then phase2.all on it
+    (gVisor for week 2 where runsc is installed, the local Cloud Run emulator for week 5)."""
+    with exit_codes():
+        import shutil
+        from pathlib import Path
+
+        from pipeline import reference
+        from pipeline.tasks.phase2.all import all_weeks
+
+        tarball = reference.build(Path(out))
+        print(f"reference release: {tarball}")
+        week2_env = "ccw-sandbox" if shutil.which("runsc") else "local"
+        if week2_env == "local":
+            print(
+                "runsc is not installed (apt-get install -y runsc): week 2 runs without the sandbox"
+            )
+        all_weeks(c, str(tarball), week2_env=week2_env, duration=duration)
+
+
 ns = Collection("demo")
 ns.add_task(build)
+ns.add_task(run)
