@@ -499,6 +499,34 @@ def test_stop_token_from_another_thread(server: Server) -> None:
     _until(lambda: _assert_eq(server.client_sockets(), 0))
 
 
+def test_stop_reports_requests_in_flight_as_cancelled(server: Server) -> None:
+    results: list[RequestResult] = []
+    token = StopToken()
+    out: list[LoadSummary] = []
+    thread = threading.Thread(
+        target=lambda: out.append(
+            run_open_loop(
+                server.url,
+                [Target("hang", "GET", "/never")],
+                200,
+                30.0,
+                on_result=results.append,
+                stop=token,
+            )
+        )
+    )
+    thread.start()
+    _until(lambda: _assert_eq(server.hits["/never"] >= 40, True))
+    token.stop()
+    thread.join(5)
+    assert not thread.is_alive()
+    (summary,) = out
+    assert summary.sent >= 40 and summary.passed == 0
+    assert summary.completed == summary.sent == len(results)
+    assert all(r.status == 0 and r.error == "cancelled" for r in results)
+    _until(lambda: _assert_eq(server.client_sockets(), 0))
+
+
 def test_callback_error_stops_the_run_and_is_raised(server: Server) -> None:
     seen = []
 

@@ -371,7 +371,8 @@ class _Conn(asyncio.BufferedProtocol):
                 self.remaining = 0
             else:
                 pos = head.find(b"\ntransfer-encoding:")
-                if pos >= 0 and b"chunked" in head[pos : head.find(b"\r", pos) % (len(head) + 1)]:
+                end = head.find(b"\r", pos) if pos >= 0 else -1
+                if pos >= 0 and b"chunked" in head[pos : end if end >= 0 else len(head)]:
                     self.framing = _CHUNKED
                     self.chunk = bytearray(buf[he + 4 :])
                     self._chunked()
@@ -502,7 +503,6 @@ class _Run:
         self.t0 = 0.0
         self.t_end = math.inf
         self.stopping = False
-        self.cancelled = False
         self.error: BaseException | None = None
         self.idle_event: asyncio.Event | None = None
         self.driver: asyncio.Task[Any] | None = None
@@ -669,6 +669,9 @@ class _Run:
         except (OSError, TimeoutError) as exc:
             self.record(tgt, 0, _describe(exc), sched, t_try, _now())
             return
+        except asyncio.CancelledError:
+            self.record(tgt, 0, "cancelled", sched, t_try, _now())
+            raise
         if self.stopping:
             conn.transport.close()  # type: ignore[union-attr]
             self.record(tgt, 0, "cancelled", sched, t_try, _now())
@@ -708,7 +711,7 @@ class _Run:
                     self.complete(conn, 0, "timeout")
                     if conn.transport is not None:
                         conn.transport.abort()
-            await asyncio.sleep(max(nxt - _now(), 0.0))
+            await asyncio.sleep(max(nxt - _now(), _MIN_SLEEP))
 
     async def ticker(self) -> None:
         assert self.on_tick is not None
@@ -716,7 +719,7 @@ class _Run:
         k = 1
         while True:
             due = self.t0 + k * TICK_S
-            await asyncio.sleep(max(due - _now(), 0.0))
+            await asyncio.sleep(max(due - _now(), _MIN_SLEEP))
             k += 1
             self.emit_tick(history)
 
@@ -756,8 +759,7 @@ class _Run:
         for conn in list(self.conns):
             if conn.transport is not None:
                 conn.transport.abort()
-        if self.idle_event is not None:
-            self.idle_event.set()
+        # the drain in main() ends when the cancelled connects have recorded their requests
 
     def close_all(self) -> None:
         for conn in list(self.conns):
@@ -866,7 +868,6 @@ class _OpenRun(_Run):
         self.max_inflight = max_inflight
         self.late_s = late_ms / 1000.0
         self.idle = []
-        self.connecting = 0
 
     async def prepare(self) -> None:
         """Open a few keep-alive connections before the clock starts, so early requests are on
