@@ -1,11 +1,12 @@
 """Bench: the load probe (pipeline/probes/load.py) against wrk, on the same server, in one run.
 
     .venv/bin/python bench/bench_load_probe.py [--rounds 3] [--duration 5] [--open-duration 10]
+                                               [--stand-in]
 
 The server is the reference release (pipeline/reference.py: built, extracted with tarfile into a
 temp dir, started as ``bin/tai_autonomics foreground`` with PORT and TMPDIR, ready when /ready
-answers 200). Without pipeline.reference, a minimal gen_tcp HTTP server (an escript written here)
-stands in, and the bench says so.
+answers 200). Without pipeline.reference (or with --stand-in), a minimal gen_tcp HTTP server (an
+escript written here) stands in, and the bench says so.
 
 Closed loop: ``wrk -t2 -c16 -d5s --latency`` and the probe at 16 connections alternate for a few
 rounds against GET /health; each round's ratios are computed from its own wrk and probe runs, and
@@ -200,7 +201,7 @@ def escript_server(tmp: Path) -> Iterator[tuple[str, str]]:
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url + "/ready", proc)
-        yield url, "stand-in gen_tcp escript server (pipeline.reference is not there)"
+        yield url, "stand-in gen_tcp escript server"
     finally:
         stop_process(proc)
 
@@ -279,6 +280,11 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--open-rate", type=float, default=1000.0)
     ap.add_argument("--open-duration", type=float, default=10.0)
+    ap.add_argument(
+        "--stand-in",
+        action="store_true",
+        help="use the stand-in gen_tcp escript server even when pipeline.reference exists",
+    )
     args = ap.parse_args()
 
     try:
@@ -294,7 +300,7 @@ def main() -> int:
         try:
             import pipeline.reference  # noqa: F401
 
-            server = reference_server(tmp)
+            server = escript_server(tmp) if args.stand_in else reference_server(tmp)
         except ImportError:
             print("pipeline.reference is not there: benchmarking against a stand-in server")
             server = escript_server(tmp)
@@ -351,7 +357,8 @@ def main() -> int:
                     f"  on the stdlib asyncio loop (no uvloop): probe {ps.achieved_rps:.0f} req/s, "
                     f"p50 {ps.p50_ms:.3f} ms, p99 {ps.p99_ms:.3f} ms; wrk right after "
                     f"{w_std.rps:.0f} req/s, p50 {w_std.p50_ms:.3f} ms "
-                    f"(x{ps.achieved_rps / w_std.rps:.2f} req/s, x{ps.p50_ms / w_std.p50_ms:.2f} p50)"
+                    f"(x{ps.achieved_rps / w_std.rps:.2f} req/s, "
+                    f"x{ps.p50_ms / w_std.p50_ms:.2f} p50)"
                 )
             ok_rps = med_rr >= CLOSED_RPS_RATIO
             ok_p50 = med_pr <= CLOSED_P50_RATIO

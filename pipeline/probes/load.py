@@ -15,11 +15,17 @@ scheduled time, so a stalled server or a slow client cannot hide (no coordinated
 back-to-back with keep-alive; latency runs from the send.
 
 After ``duration_s`` nothing new is sent (open loop: a request due inside the window may still go
-out up to ``late_ms`` after its end, late; later than that it is dropped); outstanding requests get
-until ``timeout_s`` after their send, then are reported as failed (status 0, "timeout"). Both entry points run their own event loop
-(uvloop when it is installed, unless ``PIPELINE_LOAD_UVLOOP=0``) and work from any thread; a
-:class:`StopToken` ends a run early from another thread. Ctrl-C in the main thread closes every
-socket and raises KeyboardInterrupt.
+out up to ``late_ms`` after its end, late; later than that it is dropped); outstanding requests
+get until ``timeout_s`` after their send, then are reported as failed (status 0, "timeout").
+
+``on_result`` and ``on_tick`` run on the event loop thread. Results are handed over after the I/O
+callbacks of the loop iteration that completed them, so a costly callback (a receipt line) delays
+neither the timestamps nor the next sends of the responses that arrived together.
+
+Both entry points run their own event loop (uvloop when it is installed, unless
+``PIPELINE_LOAD_UVLOOP=0``) and work from any thread; a :class:`StopToken` ends a run early from
+another thread. Ctrl-C in the main thread closes every socket and raises KeyboardInterrupt; an
+exception raised by a callback stops the run, closes every socket and is raised.
 """
 
 from __future__ import annotations
@@ -84,7 +90,7 @@ class RequestResult:
     error: str | None
 
     def as_receipt(self) -> dict[str, Any]:
-        """The fields of a ``request`` receipt, times rounded (the writer adds kind, ts, seq …)."""
+        """A ``request`` receipt's fields, times rounded (the writer adds kind, ts, seq …)."""
         return {
             "target": self.target,
             "endpoint": self.endpoint,
