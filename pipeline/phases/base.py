@@ -189,6 +189,13 @@ class PhaseRun:
             release_version=self.release.get("version"),
         )
         receipts.append_ledger(entry)
+        try:  # report.html and junit.xml beside the receipts; a failure is a note, never a verdict
+            from pipeline.reporting import write_reports
+
+            html, junit = write_reports(self.path, self.env)
+            self.facts.update(report_html=str(html), junit_xml=str(junit))
+        except Exception as exc:
+            self.view.note(f"report not written: {exc}")
         return PhaseResult(
             self.phase,
             self.writer.run_id,

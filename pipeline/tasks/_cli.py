@@ -45,6 +45,9 @@ def finish_phase(result, console):
 
     report.render_verdict(console, result.verdict)
     console.print(f"receipts: {result.receipts}  ({result.wall_s:.2f} s)", highlight=False)
+    for label, key in (("report", "report_html"), ("junit", "junit_xml")):
+        if result.facts.get(key):
+            console.print(f"{label}: {result.facts[key]}", highlight=False)
     if not result.verdict.passed:
         raise GateFailed(result.verdict.summary())
 
