@@ -149,6 +149,17 @@ class EmulatorSettings(Strict):
     admin_error_code: Literal[429, 503] = 503
 
 
+class RemoteSettings(Strict):
+    """Running a phase on a host over SSH (owned by runtime/remote.py; `--host` picks the host)."""
+
+    dir: str = "~/.cache/taiea-pipeline"  # remote base: uploads/ (reused by sha256), runs/<id>/
+    known_hosts: str = "~/.ssh/known_hosts"  # host keys are checked against this file
+    connect_timeout_s: float = Field(10.0, gt=0)  # TCP connect, SSH banner, key exchange, auth
+    command_timeout_s: float = Field(20.0, gt=0)  # any one remote command
+    upload_timeout_s: float = Field(600.0, gt=0)  # the whole tarball upload
+    keepalive_s: float = Field(5.0, ge=0)  # SSH keepalive interval (0: off)
+
+
 class PhaseSettings(Strict):
     load_profile: str | None = None
     gate: str | None = None  # the [gates.X] table this phase is judged by; default: its own name
@@ -169,6 +180,7 @@ class Env(Strict):
     sandbox: SandboxSettings = SandboxSettings()
     cloudrun: CloudRunSettings = CloudRunSettings()
     emulator: EmulatorSettings = EmulatorSettings()
+    remote: RemoteSettings = RemoteSettings()
     gates: dict[str, dict[str, list[str]]] = {}
     sources: dict[str, str] = {}  # dotted key → the file that set it (for error messages)
 

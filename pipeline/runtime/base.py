@@ -34,6 +34,7 @@ class LaunchSpec:
     fallback_ready_path: str = "/health"
     poll_interval_s: float = 0.05
     run_id: str = "adhoc"
+    tarball: Path | None = None  # the release's tarball (the remote runtime uploads it)
 
 
 class Instance(Protocol):

@@ -1,0 +1,1197 @@
+"""The `remote` runtime: the release on a Linux host over SSH, built on fabric and paramiko.
+
+`invoke phase2.week3 --host user@host[:port] [--identity KEY] [--known-hosts FILE]` runs the same
+phase as on this machine; only where the release runs changes. One SSH connection carries it all:
+
+- Trust: keys or an agent only (never a password: none is ever passed, so paramiko never tries
+  one); the host key is checked against a known_hosts file (default ~/.ssh/known_hosts, or
+  ``[remote] known_hosts``). An unknown key is refused with a PipelineError before any receipt is
+  written (exit 2), unless ``accept_new_host_key``: then it is added to that file. A *changed* key
+  is always refused. SSH and fabric config files are not read: the flags are the whole story.
+- Upload: the tarball is validated here first (`release.inspect` refuses unsafe members), then
+  put with fabric into ``<dir>/uploads/<name>`` — skipped when a file there already has the same
+  sha256 (`sha256sum` remotely). A new upload goes to a temporary name, is checked by sha256 and
+  only then renamed into place, so a broken upload never looks complete.
+- Extract: remotely with `tar` into a fresh ``<dir>/runs/<run-id>-<rand>/release`` (`mkdir`
+  refuses an existing dir), ``--no-same-owner --no-same-permissions``. That is safe because the
+  bytes tar reads are the bytes `inspect` validated here (same sha256), and inspect refuses every
+  member the local extraction would refuse (absolute paths, `..`, links leaving the tree, devices).
+  (The other way — uploading release.py's logic as a Python script — needs python3 on the host;
+  tar, sha256sum, setsid, timeout and tail are everywhere GNU coreutils and util-linux are.)
+- Start: ``bin/<name> foreground`` in its own session (setsid), its environment in a 0600 file
+  that is sourced and deleted at start (values never appear on a command line), under a small
+  POSIX sh wrapper on one SSH channel that reports ``pid N`` and ``exit N``. Its stdin is the
+  channel: a line ``stop G`` stops the release (SIGTERM, SIGKILL to its process group after G s);
+  EOF — the connection is gone — does the same and removes the run dir, so a vanished pipeline
+  never leaves a release running there. Every value put in a remote command is shlex-quoted, and
+  every script runs under ``sh -c`` whatever the login shell.
+- Port: the release listens on the host's 127.0.0.1; a listener on this machine's 127.0.0.1
+  serves each connection over a ``direct-tcpip`` channel of the same SSH connection, so the
+  readiness, smoke and load probes run here against ``instance.url``.
+- Stats: ``/proc/<pid>/stat`` of the release's process tree (RSS pages and CPU ticks), read over
+  SSH; CPU percent from the host's own uptime between samples. logs(n) tails the remote log.
+- The env file names the runtime on the host: `process`, or `gvisor` when runsc is there (the same
+  OCI config as runtime/gvisor.py, written to a bundle in the run dir; the memory cgroup is made
+  first so its limit holds).
+
+Failures are bounded and clear: connection refused, timeouts, authentication failure, a full
+remote disk, a host that goes away mid-phase. Until the release runs, `start()` does not raise: a
+failure is kept and `wait_ready()` raises StartupFailed with it, so the phase writes an `error`
+receipt and the gate fails. After that, a lost connection makes `alive()` false, `stats()` zero
+and `stop()` return 255 (ssh's own code for a connection error), each at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import logging
+import os
+import re
+import secrets
+import selectors
+import shlex
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from pipeline import release as releases
+from pipeline.errors import PipelineError
+from pipeline.runtime.base import Capture, LaunchSpec, StartupFailed, Stats
+from pipeline.runtime.readiness import NotReady, wait_until_ready
+
+# paramiko logs every refused forward (each readiness poll before the release listens) as a
+# warning; with no handler Python would print them. Failures here are reported as receipts.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
+LOST_STATUS = 255  # the release's state is unknown: the connection is gone (ssh's own code)
+LOG_LINES = 500
+LOG_FETCH_BYTES = 8 << 20
+TOOLS = (
+    "tar",
+    "sha256sum",
+    "base64",
+    "setsid",
+    "timeout",
+    "tail",
+    "cat",
+    "kill",
+    "mkdir",
+    "rm",
+    "mv",
+)
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_UNSAFE_ID = re.compile(r"[^A-Za-z0-9_.-]")
+_TARGET = re.compile(
+    r"^(?:(?P<user>[^@\s:/]+)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(?P<port>\d{1,5}))?$"
+)
+
+
+def q(value: object) -> str:
+    """One shell word, whatever the value holds."""
+    return shlex.quote(str(value))
+
+
+class RemoteFailure(Exception):
+    """Something on the way to a running release failed; the message is the whole story."""
+
+
+class UnknownHostKey(paramiko.SSHException):
+    def __init__(self, name: str, key: paramiko.PKey, path: Path):
+        self.name, self.key, self.path = name, key, path
+        super().__init__(
+            f"unknown host key for {name} ({key.get_name()} {key.fingerprint}): it is not in "
+            f"{path}; check the fingerprint with the host's owner, then pass "
+            "--accept-new-host-key to add it"
+        )
+
+
+# ------------------------------------------------------------------------------ the target
+
+
+@dataclass(frozen=True)
+class Target:
+    user: str
+    host: str
+    port: int = 22
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        """``user@host[:port]`` (user defaults to the local user; ``[v6addr]`` for IPv6)."""
+        match = _TARGET.match(text.strip())
+        port = int(match.group("port")) if match and match.group("port") else 22
+        if match is None or not 0 < port < 65536:
+            raise PipelineError(f"--host {text!r}: expected user@host[:port]")
+        return cls(match.group("user") or getpass.getuser(), match.group("host").strip("[]"), port)
+
+    @property
+    def key_name(self) -> str:
+        """The host's name in known_hosts, as OpenSSH writes it."""
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+
+class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
+    """Unknown key: refused, or (accept_new) appended to the known_hosts file and trusted."""
+
+    def __init__(self, path: Path, accept_new: bool):
+        self.path = path
+        self.accept_new = accept_new
+        self.added: str | None = None
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: Any) -> None:
+        if not self.accept_new:
+            raise UnknownHostKey(hostname, key, self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a") as fh:
+            fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        self.added = f"{key.get_name()} {key.fingerprint}"
+
+
+class _NoAuth:
+    """An auth strategy that authenticates nothing: the host key check alone (a pre-flight)."""
+
+    def authenticate(self, transport: Any) -> list[Any]:
+        return []
+
+
+def describe(exc: BaseException, target: Target, identity: Path | None) -> str:
+    """One line saying what went wrong reaching the host (never any key material)."""
+    where = f"{target.user}@{target.host}:{target.port}"
+    if isinstance(exc, UnknownHostKey):
+        return str(exc)
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return (
+            f"host key for {target.key_name} CHANGED ({exc.key.get_name()} {exc.key.fingerprint}, "
+            f"expected {exc.expected_key.fingerprint}): refusing to connect (a man-in-the-middle, "
+            "or a reinstalled host: fix known_hosts by hand)"
+        )
+    if isinstance(exc, paramiko.PasswordRequiredException):
+        return f"identity {identity} is encrypted: load it into an ssh-agent first"
+    if isinstance(exc, paramiko.AuthenticationException):
+        tried = f"identity {identity}" if identity else "the default keys"
+        agent = " and the ssh-agent" if os.environ.get("SSH_AUTH_SOCK") else ""
+        return f"authentication failed for {where} ({tried}{agent}; keys only, never a password)"
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+        errors = {getattr(e, "errno", None) for e in exc.errors.values()}
+        if errors <= {111}:
+            return f"connection refused by {target.host}:{target.port} (no SSH server listening)"
+        return f"cannot connect to {target.host}:{target.port}: {exc.strerror}"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection refused by {target.host}:{target.port} (no SSH server listening)"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve {target.host}: {exc.strerror}"
+    if isinstance(exc, TimeoutError):
+        return f"no answer from {target.host}:{target.port} in time (connect timeout)"
+    if isinstance(exc, paramiko.SSHException | EOFError):
+        return f"SSH to {where} failed: {exc or type(exc).__name__}"
+    if isinstance(exc, OSError):
+        return f"cannot connect to {target.host}:{target.port}: {exc.strerror or exc}"
+    return f"SSH to {where} failed: {type(exc).__name__}: {exc}"
+
+
+# ------------------------------------------------------------------------------ commands
+
+
+@dataclass(frozen=True)
+class Done:
+    status: int
+    output: str
+
+    def tail(self, n: int = 5) -> str:
+        lines = [line for line in self.output.strip().splitlines() if line.strip()]
+        return " | ".join(lines[-n:])
+
+
+class Connection:
+    """One SSH connection (fabric): commands with deadlines, uploads, channels."""
+
+    def __init__(self, fabric_conn: Any, target: Target, command_timeout: float):
+        self.fabric = fabric_conn
+        self.target = target
+        self.command_timeout = command_timeout
+        self.lost: str | None = None  # why the connection went away (not when we closed it)
+        self.closed = False
+        self._shell: paramiko.Channel | None = None
+        self._shell_lock = threading.Lock()
+        self._marker = f"__taiea_done_{secrets.token_hex(8)}__".encode()
+
+    @property
+    def transport(self) -> paramiko.Transport:
+        if not self.active():
+            raise RemoteFailure(self.lost or "the SSH connection is closed")
+        transport: paramiko.Transport = self.fabric.client.get_transport()
+        return transport
+
+    def mark_lost(self, why: str) -> None:
+        if self.lost is None and not self.closed:
+            self.lost = f"lost the SSH connection to {self.target}: {why}"
+        with contextlib.suppress(Exception):
+            self.fabric.close()
+
+    def active(self) -> bool:
+        if self.lost is not None or self.closed:
+            return False
+        transport = self.fabric.client.get_transport()
+        if transport is None or not transport.is_active():
+            self.mark_lost("the host closed it, or went away")
+            return False
+        return True
+
+    def check(self) -> None:
+        if not self.active():
+            raise RemoteFailure(self.lost or "not connected")
+
+    def session(self, script: str, *, combine: bool = False) -> paramiko.Channel:
+        """A channel running `script` under POSIX sh (whatever the login shell is)."""
+        self.check()
+        try:
+            chan = self.transport.open_session(timeout=self.command_timeout)
+            chan.settimeout(self.command_timeout)
+            chan.set_combine_stderr(combine)
+            chan.exec_command(f"exec /bin/sh -c {q(script)}")
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self.mark_lost(str(exc) or type(exc).__name__)
+            raise RemoteFailure(self.lost or str(exc)) from None
+        return chan
+
+    def run(self, script: str, *, timeout: float | None = None, stdin: bytes | None = None) -> Done:
+        """Run `script`; its merged output and exit status, within `timeout` seconds.
+
+        Without stdin, on the connection's one long-lived shell (a new SSH session costs a
+        login shell start on the host: its rc files, every time); with stdin, in a session of
+        its own."""
+        limit = self.command_timeout if timeout is None else timeout
+        if stdin is None:
+            return self._on_shell(script, limit)
+        deadline = time.monotonic() + limit
+        chan = self.session(script, combine=True)
+        chunks: list[bytes] = []
+        try:
+            if stdin is not None:
+                chan.sendall(stdin)
+            chan.shutdown_write()
+            while True:
+                chan.settimeout(max(0.001, deadline - time.monotonic()))
+                data = chan.recv(65536)
+                if not data:
+                    break
+                chunks.append(data)
+            if not chan.status_event.wait(max(0.0, deadline - time.monotonic())):
+                raise TimeoutError
+        except TimeoutError:
+            self.mark_lost(f"a remote command got no answer in {limit:g} s")
+            raise RemoteFailure(self.lost or "timeout") from None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self.mark_lost(str(exc) or type(exc).__name__)
+            raise RemoteFailure(self.lost or str(exc)) from None
+        finally:
+            chan.close()
+        status = chan.exit_status
+        return Done(
+            status if status >= 0 else LOST_STATUS, b"".join(chunks).decode("utf-8", "replace")
+        )
+
+    def _on_shell(self, script: str, limit: float) -> Done:
+        """One command on the long-lived shell: sent base64-encoded on one line, run in a
+        subshell (stdin /dev/null, stderr merged), its end marked by a random marker line."""
+        import base64
+
+        with self._shell_lock:
+            deadline = time.monotonic() + limit
+            if self._shell is None:
+                loop = (
+                    "while IFS= read -r line; do "
+                    'script=$(printf "%s" "$line" | base64 -d) || exit 99; '
+                    '( eval "$script" ) </dev/null 2>&1; '
+                    f'printf "\\n%s %s\\n" {q(self._marker.decode())} "$?"; done'
+                )
+                self._shell = self.session(loop, combine=True)
+            chan = self._shell
+            buffer = bytearray()
+            end = b"\n" + self._marker + b" "
+            try:
+                chan.sendall(base64.b64encode(script.encode()) + b"\n")
+                while True:
+                    at = buffer.find(end)
+                    if at >= 0 and buffer.find(b"\n", at + len(end)) >= 0:
+                        break
+                    chan.settimeout(max(0.001, deadline - time.monotonic()))
+                    data = chan.recv(65536)
+                    if not data:
+                        raise EOFError("the remote shell ended")
+                    buffer += data
+            except TimeoutError:
+                self.mark_lost(f"a remote command got no answer in {limit:g} s")
+                raise RemoteFailure(self.lost or "timeout") from None
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                self.mark_lost(str(exc) or type(exc).__name__)
+                raise RemoteFailure(self.lost or str(exc)) from None
+            status_line = buffer[at + len(end) : buffer.find(b"\n", at + len(end))]
+            try:
+                status = int(status_line)
+            except ValueError:
+                status = LOST_STATUS
+            return Done(status, bytes(buffer[:at]).decode("utf-8", "replace"))
+
+    def must(self, script: str, what: str, **kw: Any) -> Done:
+        done = self.run(script, **kw)
+        if done.status != 0:
+            raise RemoteFailure(
+                f"{what} failed on {self.target} (status {done.status}): {done.tail()}"
+            )
+        return done
+
+    def close(self) -> None:
+        self.closed = True
+        if self._shell is not None:
+            self._shell.close()
+        with contextlib.suppress(Exception):
+            self.fabric.close()
+
+
+# ------------------------------------------------------------------------------ port forwarding
+
+
+class Forwarder:
+    """127.0.0.1:<free port> here → 127.0.0.1:<port> on the host, one direct-tcpip channel per
+    connection, each pumped by a thread (select over the socket and the channel)."""
+
+    def __init__(self, conn: Connection, remote_port: int, remote_host: str = "127.0.0.1"):
+        self.conn = conn
+        self.remote = (remote_host, remote_port)
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(256)
+        self.port = int(self.listener.getsockname()[1])
+        self.connections = 0
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._open: set[Any] = set()
+        self._accept = threading.Thread(target=self._serve, name="ssh-forward", daemon=True)
+        self._accept.start()
+
+    def _serve(self) -> None:
+        while not self._closed.is_set():
+            try:
+                sock, peer = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._pump, args=(sock, peer), daemon=True).start()
+
+    def _pump(self, sock: socket.socket, peer: tuple[str, int]) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        chan = None
+        try:
+            if not self.conn.active():
+                return
+            transport = self.conn.transport
+            chan = transport.open_channel(
+                "direct-tcpip", self.remote, peer, timeout=self.conn.command_timeout
+            )
+            chan.settimeout(self.conn.command_timeout)
+            with self._lock:
+                if self._closed.is_set():
+                    return
+                self._open.update((sock, chan))
+                self.connections += 1
+            self._shuttle(sock, chan)
+        except (OSError, EOFError, paramiko.SSHException, RemoteFailure):
+            pass  # the client sees its connection closed: no answer, a failed request
+        finally:
+            with self._lock:
+                self._open.discard(sock)
+                self._open.discard(chan)
+            if chan is not None:
+                chan.close()
+            sock.close()
+
+    def _shuttle(self, sock: socket.socket, chan: paramiko.Channel) -> None:
+        with selectors.DefaultSelector() as sel:
+            sel.register(sock, selectors.EVENT_READ, "here")
+            sel.register(chan, selectors.EVENT_READ, "there")
+            open_ways = 2
+            while open_ways and not self._closed.is_set():
+                for key, _ in sel.select(timeout=1.0):
+                    if key.data == "here":
+                        data = sock.recv(65536)
+                        if data:
+                            chan.sendall(data)
+                            continue
+                        chan.shutdown_write()
+                        sel.unregister(sock)
+                    else:
+                        data = chan.recv(65536)
+                        if data:
+                            sock.sendall(data)
+                            continue
+                        with contextlib.suppress(OSError):
+                            sock.shutdown(socket.SHUT_WR)
+                        sel.unregister(chan)
+                    open_ways -= 1
+                if chan.closed:
+                    return
+
+    def close(self) -> None:
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        with self._lock:
+            left = list(self._open)
+            self._open.clear()
+        for item in left:
+            with contextlib.suppress(Exception):
+                item.close()
+        self._accept.join(2.0)
+
+
+# ------------------------------------------------------------------------------ process stats
+
+
+def tree_usage(stat_text: str, root: int) -> tuple[int, int, int]:
+    """(processes, rss pages, cpu ticks) of `root` and its descendants, from the lines of
+    /proc/*/stat. The comm field may hold spaces and parentheses: split after the last ')'."""
+    children: dict[int, list[int]] = {}
+    usage: dict[int, tuple[int, int]] = {}
+    for line in stat_text.splitlines():
+        head, sep, rest = line.rpartition(")")
+        if not sep:
+            continue
+        try:
+            pid = int(head.split(" (", 1)[0])
+            fields = rest.split()
+            ppid, utime, stime, rss = (
+                int(fields[1]),
+                int(fields[11]),
+                int(fields[12]),
+                int(fields[21]),
+            )
+        except (ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(pid)
+        usage[pid] = (rss, utime + stime)
+    if root not in usage:
+        return 0, 0, 0
+    seen, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        todo.extend(children.get(pid, ()))
+    return (
+        len(seen),
+        sum(usage[p][0] for p in seen if p in usage),
+        sum(usage[p][1] for p in seen if p in usage),
+    )
+
+
+# ------------------------------------------------------------------------------ the runtime
+
+
+@dataclass(frozen=True)
+class RemoteOptions:
+    dir: str = "~/.cache/taiea-pipeline"
+    connect_timeout_s: float = 10.0
+    command_timeout_s: float = 20.0
+    upload_timeout_s: float = 600.0
+    keepalive_s: float = 5.0
+    stop_grace_s: float = 10.0  # what the host's watchdog gives the release when we vanish
+
+
+class RemoteRuntime:
+    """A host over SSH; on it, the release runs as a process or (gvisor) in a runsc sandbox."""
+
+    name = "remote"
+
+    def __init__(
+        self,
+        target: Target | str,
+        *,
+        identity: str | Path | None = None,
+        known_hosts: str | Path = "~/.ssh/known_hosts",
+        accept_new_host_key: bool = False,
+        options: RemoteOptions = RemoteOptions(),
+        inner: str = "process",
+        sandbox: Any = None,
+        tarball: str | Path | None = None,
+        preflight: bool = True,
+    ):
+        self.target = target if isinstance(target, Target) else Target.parse(target)
+        self.identity = Path(identity).expanduser() if identity else None
+        if self.identity is not None and not self.identity.is_file():
+            raise PipelineError(f"--identity {self.identity}: no such key file")
+        self.known_hosts = Path(known_hosts).expanduser()
+        if self.known_hosts.exists() and not self.known_hosts.is_file():
+            raise PipelineError(f"--known-hosts {self.known_hosts}: not a file")
+        self.accept_new_host_key = accept_new_host_key
+        self.options = options
+        if inner not in ("process", "gvisor"):
+            raise PipelineError(f"runtime {inner!r} cannot run on a remote host (process, gvisor)")
+        self.inner = inner
+        self.sandbox = sandbox
+        self.tarball = Path(tarball) if tarball else None
+        self.host_key_added: str | None = None
+        self.unreachable: str | None = None  # the pre-flight's network failure, kept for start()
+        self.instances: list[RemoteInstance] = []
+        if preflight:
+            self.verify_host()
+
+    @classmethod
+    def for_env(cls, env: Any, host: str, **kw: Any) -> RemoteRuntime:
+        """The env's [remote] settings, its runtime (process or gvisor) run on `host`."""
+        settings = env.remote
+        if kw.get("known_hosts") is None:
+            kw["known_hosts"] = settings.known_hosts
+        options = RemoteOptions(
+            dir=settings.dir,
+            connect_timeout_s=settings.connect_timeout_s,
+            command_timeout_s=settings.command_timeout_s,
+            upload_timeout_s=settings.upload_timeout_s,
+            keepalive_s=settings.keepalive_s,
+            stop_grace_s=env.start.stop_grace_s,
+        )
+        inner = env.runtime if env.runtime in ("process", "gvisor") else "process"
+        return cls(host, options=options, inner=inner, sandbox=env.sandbox, **kw)
+
+    # --- SSH
+
+    def _client(self) -> tuple[paramiko.SSHClient, _HostKeyPolicy]:
+        client = paramiko.SSHClient()
+        if self.known_hosts.is_file():
+            try:
+                client.load_host_keys(str(self.known_hosts))
+            except (OSError, paramiko.SSHException, ValueError) as exc:
+                raise PipelineError(f"known_hosts {self.known_hosts}: unreadable ({exc})") from None
+        policy = _HostKeyPolicy(self.known_hosts, self.accept_new_host_key)
+        client.set_missing_host_key_policy(policy)
+        return client, policy
+
+    def _timeouts(self) -> dict[str, float]:
+        t = self.options.connect_timeout_s
+        return {"timeout": t, "banner_timeout": t, "auth_timeout": t, "channel_timeout": t}
+
+    def verify_host(self) -> None:
+        """Key exchange only (no authentication): an unknown or changed host key is a
+        PipelineError now, before any receipt; a network failure is kept for start()."""
+        client, policy = self._client()
+        try:
+            client.connect(
+                self.target.host,
+                self.target.port,
+                self.target.user,
+                allow_agent=False,
+                look_for_keys=False,
+                auth_strategy=_NoAuth(),
+                **self._timeouts(),
+            )
+        except (UnknownHostKey, paramiko.BadHostKeyException) as exc:
+            raise PipelineError(describe(exc, self.target, self.identity)) from None
+        except Exception as exc:  # noqa: BLE001 — refused, timeout, …: the phase reports it
+            self.unreachable = describe(exc, self.target, self.identity)
+        finally:
+            client.close()
+        self.host_key_added = policy.added
+
+    def connect(self) -> Connection:
+        """An authenticated connection (fabric), or RemoteFailure saying why not."""
+        from fabric import Config
+        from fabric import Connection as FabricConnection
+
+        if self.unreachable is not None:
+            raise RemoteFailure(self.unreachable)
+        kwargs: dict[str, Any] = {
+            "allow_agent": True,
+            "look_for_keys": self.identity is None,
+            **self._timeouts(),
+        }
+        if self.identity is not None:
+            kwargs["key_filename"] = [str(self.identity)]
+        # lazy: no fabric/invoke config files; an empty SSHConfig: no ~/.ssh/config either
+        config = Config(lazy=True, ssh_config=paramiko.SSHConfig())
+        fab = FabricConnection(
+            self.target.host,
+            user=self.target.user,
+            port=self.target.port,
+            config=config,
+            connect_kwargs=kwargs,
+        )
+        fab.client, _ = self._client()
+        try:
+            fab.open()
+        except Exception as exc:  # noqa: BLE001 — every way of failing becomes one clear line
+            with contextlib.suppress(Exception):
+                fab.close()
+            raise RemoteFailure(describe(exc, self.target, self.identity)) from None
+        transport = fab.client.get_transport()
+        if transport is not None:
+            with contextlib.suppress(OSError, AttributeError):  # small requests, no Nagle stalls
+                transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.options.keepalive_s > 0:
+                transport.set_keepalive(max(1, round(self.options.keepalive_s)))
+        return Connection(fab, self.target, self.options.command_timeout_s)
+
+    # --- the Runtime interface
+
+    def start(self, spec: LaunchSpec) -> RemoteInstance:
+        instance = RemoteInstance(self, spec)
+        self.instances.append(instance)
+        try:
+            instance.launch()
+        except RemoteFailure as exc:
+            instance.failed(str(exc))
+        except PipelineError as exc:
+            instance.failed(str(exc))
+        except BaseException:
+            instance.teardown(0.0)
+            raise
+        return instance
+
+
+@dataclass
+class Upload:
+    path: str
+    skipped: bool
+    seconds: float
+    bytes: int
+
+
+class RemoteInstance:
+    """The release on the host. `url` is the local end of the forwarded port."""
+
+    def __init__(self, runtime: RemoteRuntime, spec: LaunchSpec):
+        self.runtime = runtime
+        self.spec = spec
+        self.options = runtime.options
+        self.url = ""
+        self.pid = 0
+        self.port = spec.port
+        self.started_at = time.monotonic()
+        self.capture = Capture()
+        self.conn: Connection | None = None
+        self.forwarder: Forwarder | None = None
+        self.work: str | None = None  # the run dir on the host
+        self.upload: Upload | None = None
+        self.failure: str | None = None
+        self.facts: dict[str, Any] = {"host": str(runtime.target), "runtime": runtime.inner}
+        self.cid: str | None = None  # gvisor container id
+        self._partial: str | None = None  # an upload under way
+        self._chan: paramiko.Channel | None = None
+        self._pid_seen = threading.Event()
+        self._exit: int | None = None
+        self._exited = threading.Event()
+        self._reader: threading.Thread | None = None
+        self._tail: deque[str] = deque(maxlen=LOG_LINES)
+        self._status: int | None = None
+        self._cpu_last: tuple[float, int] | None = None
+        self._tick = 100
+        self._page = 4096
+
+    # --- start
+
+    def launch(self) -> None:
+        spec = self.spec
+        tarball = spec.tarball or self.runtime.tarball
+        if tarball is None:
+            raise RemoteFailure("the remote runtime needs the release tarball to upload")
+        info = releases.inspect(Path(tarball))  # refuses unsafe members before any byte leaves
+        self.conn = conn = self.runtime.connect()
+        home = self._probe_host()
+        base = self._remote_dir(home)
+        self.upload = self._upload(Path(tarball), info, base)
+        self.facts["upload"] = vars(self.upload)
+        root = self._extract(info, base)
+        self.port = spec.port or self._free_port()
+        env = self._env(root)
+        started = time.monotonic()
+        self._start(root, env)
+        self.forwarder = Forwarder(
+            conn, self.port, spec.host if spec.host != "0.0.0.0" else "127.0.0.1"
+        )
+        self.url = f"http://127.0.0.1:{self.forwarder.port}"
+        self.facts.update(
+            work=self.work, remote_port=self.port, launch_s=round(time.monotonic() - started, 4)
+        )
+
+    def _probe_host(self) -> str:
+        assert self.conn is not None
+        script = (
+            'printf "home %s\\n" "$HOME"; printf "tick %s\\n" "$(getconf CLK_TCK)"; '
+            'printf "page %s\\n" "$(getconf PAGESIZE)"; '
+            f'for t in {" ".join(TOOLS)}; do command -v "$t" >/dev/null 2>&1 || '
+            'printf "missing %s\\n" "$t"; done'
+        )
+        if self.runtime.inner == "gvisor":
+            runsc = self._runsc_name()
+            script += (
+                f"; command -v {q(runsc)} >/dev/null 2>&1 || printf 'missing %s\\n' {q(runsc)}"
+            )
+        done = self.conn.must(script, "probing the host")
+        facts: dict[str, str] = {}
+        missing: list[str] = []
+        for line in done.output.splitlines():
+            word, _, value = line.partition(" ")
+            if word == "missing":
+                missing.append(value)
+            else:
+                facts[word] = value
+        if missing:
+            raise RemoteFailure(
+                f"{self.runtime.target} lacks {', '.join(missing)} (needs GNU coreutils, tar, util-linux)"
+            )
+        with contextlib.suppress(ValueError):
+            self._tick = int(facts.get("tick", "100")) or 100
+            self._page = int(facts.get("page", "4096")) or 4096
+        home = facts.get("home", "").strip()
+        if not home.startswith("/"):
+            raise RemoteFailure(f"{self.runtime.target}: no home directory ($HOME is {home!r})")
+        return home
+
+    def _remote_dir(self, home: str) -> str:
+        assert self.conn is not None
+        base = self.options.dir
+        if base == "~" or base.startswith("~/"):
+            base = home.rstrip("/") + base[1:]
+        if not base.startswith("/"):
+            base = f"{home.rstrip('/')}/{base}"
+        base = base.rstrip("/") or "/"
+        self.conn.must(
+            f"umask 077 && mkdir -p -- {q(base + '/uploads')} {q(base + '/runs')}",
+            f"creating {base}",
+        )
+        self.facts["dir"] = base
+        return base
+
+    def _upload(self, tarball: Path, info: releases.ReleaseInfo, base: str) -> Upload:
+        """fabric put, unless a file with the same sha256 is there; checked, then renamed."""
+        assert self.conn is not None
+        conn = self.conn
+        dest = f"{base}/uploads/{tarball.name}"
+        there = conn.run(f"sha256sum -- {q(dest)} 2>/dev/null")
+        if there.status == 0 and there.output.split(" ", 1)[0].strip() == info.sha256:
+            return Upload(dest, True, 0.0, 0)
+        part = self._partial = f"{dest}.part-{secrets.token_hex(4)}"
+        began = time.monotonic()
+        try:
+            sftp = conn.fabric.sftp()
+            channel = sftp.get_channel()
+            if channel is not None:
+                channel.settimeout(self.options.command_timeout_s)
+            watchdog = threading.Timer(
+                self.options.upload_timeout_s,
+                lambda: conn.mark_lost(
+                    f"the upload took longer than {self.options.upload_timeout_s:g} s"
+                ),
+            )
+            watchdog.daemon = True
+            watchdog.start()
+            try:
+                conn.fabric.put(str(tarball), remote=part, preserve_mode=False)
+            finally:
+                watchdog.cancel()
+                with contextlib.suppress(Exception):  # one SSH session fewer from here on
+                    sftp.close()
+                    conn.fabric._sftp = None
+        except Exception as exc:  # noqa: BLE001 — an SFTP failure: say why, in one line
+            reason = self._upload_failure(exc, part, base, info)
+            raise RemoteFailure(reason) from None
+        check = conn.run(f"sha256sum -- {q(part)}")
+        if check.status != 0 or check.output.split(" ", 1)[0].strip() != info.sha256:
+            conn.run(f"rm -f -- {q(part)}")
+            raise RemoteFailure(f"the uploaded tarball {part} does not have sha256 {info.sha256}")
+        conn.must(f"mv -f -- {q(part)} {q(dest)}", "renaming the upload")
+        self._partial = None
+        return Upload(dest, False, round(time.monotonic() - began, 4), info.size_bytes)
+
+    def _upload_failure(
+        self, exc: BaseException, part: str, base: str, info: releases.ReleaseInfo
+    ) -> str:
+        assert self.conn is not None
+        detail = str(exc) or type(exc).__name__
+        if not self.conn.active():
+            return f"upload of {info.path.name} failed: {self.conn.lost}"
+        with contextlib.suppress(RemoteFailure):
+            self.conn.run(f"rm -f -- {q(part)}")
+            self._partial = None
+            free = self.conn.run(f"df -Pk -- {q(base)} | tail -n 1")
+            fields = free.output.split()
+            if free.status == 0 and len(fields) >= 4 and fields[3].isdigit():
+                avail = int(fields[3]) * 1024
+                if avail < info.size_bytes:
+                    return (
+                        f"upload of {info.path.name} failed: no space left on the remote disk "
+                        f"({base}: {avail // 1024} KiB free, the tarball is "
+                        f"{info.size_bytes // 1024} KiB) ({detail})"
+                    )
+        return f"upload of {info.path.name} to {self.runtime.target} failed: {detail}"
+
+    def _extract(self, info: releases.ReleaseInfo, base: str) -> str:
+        assert self.conn is not None and self.upload is not None
+        run = _UNSAFE_ID.sub("-", self.spec.run_id)[:64] or "run"
+        work = f"{base}/runs/{run}-{secrets.token_hex(3)}"
+        self.conn.must(f"umask 077 && mkdir -- {q(work)}", f"creating the run dir {work}")
+        self.work = work
+        began = time.monotonic()
+        done = self.conn.run(
+            f"umask 022 && mkdir -- {q(work + '/release')} {q(work + '/tmp')} && "
+            f"tar -x -f {q(self.upload.path)} -C {q(work + '/release')} "
+            "--no-same-owner --no-same-permissions --no-overwrite-dir 2>&1",
+            timeout=self.options.upload_timeout_s,
+        )
+        if done.status != 0:
+            full = "No space left on device" in done.output
+            what = "the remote disk is full" if full else f"tar exited {done.status}"
+            raise RemoteFailure(f"remote extraction into {work} failed: {what}: {done.tail(3)}")
+        root = f"{work}/release/{info.prefix}".rstrip("/")
+        script = f"{root}/bin/{info.name}"
+        self.conn.must(f"test -x {q(script)}", f"finding {script}")
+        self.facts["extract_s"] = round(time.monotonic() - began, 4)
+        return root
+
+    def _free_port(self) -> int:
+        """A port nothing listens on, from the host's /proc/net/tcp{,6}."""
+        assert self.conn is not None
+        done = self.conn.run("cat /proc/net/tcp /proc/net/tcp6 2>/dev/null")
+        used = set()
+        for line in done.output.splitlines()[1:]:
+            parts = line.split()
+            if len(parts) > 3 and ":" in parts[1]:
+                with contextlib.suppress(ValueError):
+                    used.add(int(parts[1].rsplit(":", 1)[1], 16))
+        rng = secrets.SystemRandom()
+        for _ in range(200):
+            port = rng.randrange(20000, 61000)
+            if port not in used:
+                return port
+        raise RemoteFailure(f"no free port found on {self.runtime.target}")
+
+    def _env(self, root: str) -> dict[str, str]:
+        """The env file's values for the host: paths under the local run dir move to the
+        remote one (TMPDIR, ERL_CRASH_DUMP)."""
+        assert self.work is not None
+        spec = self.spec
+        local_tmp = spec.env.get("TMPDIR")
+        remote_tmp = f"{self.work}/tmp"
+        env: dict[str, str] = {}
+        for key, value in spec.env.items():
+            if not _ENV_KEY.match(key):
+                raise RemoteFailure(f"environment name {key!r} is not a shell identifier")
+            if "\0" in value:
+                raise RemoteFailure(f"environment value of {key} holds a NUL byte")
+            if local_tmp and (value == local_tmp or value.startswith(local_tmp + "/")):
+                value = remote_tmp + value[len(local_tmp) :]
+            env[key] = value
+        env["TMPDIR"] = remote_tmp
+        env.setdefault("ERL_CRASH_DUMP", f"{remote_tmp}/erl_crash.dump")
+        env["PORT"] = str(self.port)
+        env.setdefault("HTTP_HOST", spec.host)
+        return env
+
+    def _runsc_name(self) -> str:
+        return str(getattr(self.runtime.sandbox, "runsc", "runsc") or "runsc")
+
+    def _launcher(self, root: str, envfile: str) -> str:
+        """The command the wrapper starts in its own session (its pid is the release's)."""
+        script = f"{root}/bin/{self.spec.name}"
+        source = 'set -a; . "$1" || exit 96; set +a; rm -f -- "$1"; shift; exec "$@"'
+        if self.runtime.inner == "process":
+            return (
+                'setsid env -i "PATH=$PATH" "HOME=$HOME" "LANG=${LANG:-C.UTF-8}" '
+                f"/bin/sh -c {q(source)} taiea-launch {q(envfile)} {q(script)} foreground"
+            )
+        assert self.work is not None and self.cid is not None
+        return (
+            f"setsid {q(self._runsc_name())} --network=host --log {q(self.work + '/runsc.log')} "
+            f"--log-format text run --bundle {q(self.work + '/bundle')} {q(self.cid)}"
+        )
+
+    def _term(self) -> str:
+        """How the wrapper asks the release to stop (SIGTERM)."""
+        if self.runtime.inner == "gvisor":
+            return f"{q(self._runsc_name())} kill {q(self.cid)} TERM"
+        return 'kill -TERM "$pid"'
+
+    def _reap(self) -> str:
+        """What the wrapper does after SIGKILL to the group: the sandbox and its cgroups go."""
+        if self.runtime.inner != "gvisor":
+            return ":"
+        runsc, cid = q(self._runsc_name()), q(self.cid)
+        return (
+            f"{runsc} delete -force {cid}; "
+            f'for d in /sys/fs/cgroup/*/{cid}; do [ -d "$d" ] && rmdir "$d"; done'
+        )
+
+    def _start(self, root: str, env: dict[str, str]) -> None:
+        assert self.conn is not None and self.work is not None
+        work = self.work
+        envfile = f"{work}/launch.env"
+        body = "".join(f"{key}={q(value)}\n" for key, value in env.items())
+        if self.runtime.inner == "gvisor":
+            self._prepare_sandbox(root, env)
+            body = ""
+        self.conn.must(
+            f"umask 077 && cat > {q(envfile)}",
+            "writing the release environment",
+            stdin=body.encode(),
+        )
+        grace = f"{max(0.0, self.options.stop_grace_s):.3f}"
+        wrapper = "\n".join(
+            [
+                f"cd {q(work + '/tmp')} || exit 97",
+                f"{self._launcher(root, envfile)} >{q(work + '/release.log')} 2>&1 </dev/null &",
+                "pid=$!",
+                "printf 'pid %s\\n' \"$pid\"",
+                "exec 3<&0",
+                "(",
+                f"  IFS=' ' read -r request grace <&3 || {{ request=lost; grace={q(grace)}; }}",
+                '  if kill -0 "$pid" 2>/dev/null; then',
+                f"    {self._term()}",
+                '    [ "$grace" = 0.000 ] || timeout "$grace" tail -s 0.1 --pid="$pid" -f /dev/null',
+                "  fi",
+                '  kill -KILL -- "-$pid" 2>/dev/null',
+                f"  {self._reap()}",
+                '  [ "$request" = stop ] && cat <&3 >/dev/null',
+                f"  rm -rf -- {q(work)}",
+                ") >/dev/null 2>&1 &",
+                "exec 3<&-",
+                'wait "$pid"',
+                "printf 'exit %s\\n' \"$?\"",
+                "wait",
+            ]
+        )
+        self._chan = chan = self.conn.session(wrapper)
+        self.started_at = time.monotonic()
+        self._reader = threading.Thread(target=self._read_wrapper, args=(chan,), daemon=True)
+        self._reader.start()
+        if not self._pid_seen.wait(self.options.command_timeout_s) or not self.pid:
+            tail = "; ".join(self._fetch_tail(5))
+            raise RemoteFailure(
+                f"the release did not start on {self.runtime.target}: {tail or 'no output'}"
+            )
+
+    def _read_wrapper(self, chan: paramiko.Channel) -> None:
+        buffer = b""
+        chan.settimeout(None)
+        try:
+            while True:
+                data = chan.recv(4096)
+                if not data:
+                    break
+                buffer += data
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    word, _, value = line.decode("utf-8", "replace").partition(" ")
+                    if word == "pid" and value.strip().isdigit():
+                        self.pid = int(value)
+                        self._pid_seen.set()
+                    elif word == "exit" and value.strip().lstrip("-").isdigit():
+                        self._exit = int(value)
+                        self._exited.set()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+        finally:
+            self._pid_seen.set()
+            if self._exit is None and self.conn is not None:
+                self.conn.active()  # notes a lost connection
+            self._exited.set()
+
+    def _prepare_sandbox(self, root: str, env: dict[str, str]) -> None:
+        """gvisor on the host: the OCI bundle of runtime/gvisor.py and its memory cgroup."""
+        import json
+
+        from pipeline.runtime import gvisor
+
+        assert self.conn is not None and self.work is not None
+        limits = gvisor.Limits.of(self.runtime.sandbox)
+        self.cid = gvisor.container_id(self.spec.run_id)
+        args = [f"{limits.mount_point.rstrip('/')}/bin/{self.spec.name}", "foreground"]
+        inside = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", **env}
+        inside.update(
+            TMPDIR=gvisor.SANDBOX_TMP,
+            HOME=gvisor.SANDBOX_TMP,
+            ERL_CRASH_DUMP=f"{gvisor.SANDBOX_TMP}/erl_crash.dump",
+        )
+        config = gvisor.oci_config(limits, self.cid, args, inside, Path(root))
+        bundle = f"{self.work}/bundle"
+        cgroup = f"/sys/fs/cgroup/memory/{self.cid}"
+        self.conn.must(
+            f"umask 077 && mkdir -- {q(bundle)} && cat > {q(bundle + '/config.json')} && "
+            f"chmod o+x {q(self.work)} {q(self.work + '/release')} && "
+            f"mkdir -- {q(cgroup)} && printf '%s' {limits.memory_bytes} > {q(cgroup + '/memory.limit_in_bytes')}",
+            "preparing the gVisor sandbox (root and the cgroup v1 memory controller needed)",
+            stdin=json.dumps(config).encode(),
+        )
+
+    # --- the Instance interface
+
+    def failed(self, reason: str) -> None:
+        """Start failed: keep the reason for wait_ready(), undo what was done on the host."""
+        self.failure = reason
+        self._tail.append(f"remote: {reason}")
+        self.teardown(0.0)
+
+    def alive(self) -> bool:
+        if self.failure is not None or self._status is not None or self._exit is not None:
+            return False
+        return self.conn is not None and self.conn.active() and not self._exited.is_set()
+
+    def wait_ready(self, timeout: float) -> float:
+        if self.failure is not None:
+            raise StartupFailed(self.failure, self.logs(50))
+        try:
+            wait_until_ready(
+                self.url,
+                timeout=timeout,
+                alive=self.alive,
+                ready_path=self.spec.ready_path,
+                fallback_path=self.spec.fallback_ready_path,
+                interval=self.spec.poll_interval_s,
+            )
+        except NotReady as exc:
+            reason = str(exc)
+            if self.conn is not None and self.conn.lost:
+                reason = self.conn.lost
+            elif self._exit is not None:
+                reason = f"exited with status {self._exit} before it was ready"
+            raise StartupFailed(reason, self.logs(50)) from None
+        return time.monotonic() - self.started_at
+
+    def stats(self) -> Stats:
+        if self.conn is None or not self.pid or not self.alive():
+            return Stats(0, 0.0)
+        try:
+            done = self.conn.run("cat /proc/uptime; cat /proc/[0-9]*/stat 2>/dev/null")
+        except RemoteFailure:
+            return Stats(0, 0.0)
+        first, _, rest = done.output.partition("\n")
+        try:
+            uptime = float(first.split()[0])
+        except (ValueError, IndexError):
+            return Stats(0, 0.0)
+        _, pages, ticks = tree_usage(rest, self.pid)
+        percent = 0.0
+        if self._cpu_last is not None and uptime > self._cpu_last[0]:
+            used = (ticks - self._cpu_last[1]) / self._tick
+            percent = max(0.0, used / (uptime - self._cpu_last[0]) * 100)
+        self._cpu_last = (uptime, ticks)
+        return Stats(rss_bytes=pages * self._page, cpu_percent=percent)
+
+    def _fetch_tail(self, n: int) -> list[str]:
+        if self.conn is None or self.work is None or not self.conn.active():
+            return []
+        try:
+            done = self.conn.run(f"tail -n {int(n)} -- {q(self.work + '/release.log')} 2>/dev/null")
+        except RemoteFailure:
+            return []
+        return done.output.splitlines()[-n:]
+
+    def logs(self, n: int = 50) -> list[str]:
+        lines = self._fetch_tail(n) if self._status is None else []
+        if lines:
+            self._tail.clear()
+            self._tail.extend(lines)
+        extra = [self.conn.lost] if self.conn is not None and self.conn.lost else []
+        if self.failure is not None:
+            extra = []
+        return (list(self._tail) + extra)[-n:]
+
+    def stop(self, grace: float = 10.0) -> int:
+        if self._status is not None:
+            return self._status
+        if self.failure is not None:
+            self._status = LOST_STATUS
+            return self._status
+        self._status = self.teardown(grace)
+        return self._status
+
+    def teardown(self, grace: float) -> int:
+        """SIGTERM, SIGKILL after `grace`, read the log, remove the run dir, disconnect.
+        Returns the release's exit status, or 255 when it cannot be known."""
+        status = LOST_STATUS
+        conn = self.conn
+        try:
+            if conn is not None and self._chan is not None and conn.active():
+                with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                    self._chan.sendall(f"stop {max(0.0, grace):.3f}\n".encode())
+                self._exited.wait(grace + self.options.command_timeout_s)
+                if self._exit is not None:
+                    status = self._exit
+                self._collect_log()
+                with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                    self._chan.shutdown_write()  # EOF: the wrapper removes the run dir
+                    self._chan.status_event.wait(self.options.command_timeout_s)
+            elif conn is not None and conn.active():
+                with contextlib.suppress(RemoteFailure):  # start failed before the wrapper ran
+                    if self._partial is not None:
+                        conn.run(f"rm -f -- {q(self._partial)}")
+                    if self.work is not None:
+                        conn.run(f"rm -rf -- {q(self.work)}")
+                    if self.cid is not None:
+                        conn.run(f"rmdir /sys/fs/cgroup/memory/{q(self.cid)} 2>/dev/null")
+        finally:
+            if self.forwarder is not None:
+                self.forwarder.close()
+            if self._chan is not None:
+                self._chan.close()
+            if conn is not None:
+                conn.close()
+        return status
+
+    def _collect_log(self) -> None:
+        """The release's whole stdout (capped): its receipts counted, the tail kept."""
+        assert self.conn is not None and self.work is not None
+        try:
+            done = self.conn.run(f"tail -c {LOG_FETCH_BYTES} -- {q(self.work + '/release.log')}")
+        except RemoteFailure:
+            return
+        lines = done.output.splitlines()
+        for line in lines:
+            self.capture.feed_line(line)
+        if lines:
+            self._tail.clear()
+            self._tail.extend(lines[-LOG_LINES:])
+
+    def __enter__(self) -> RemoteInstance:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(0 if exc and exc[0] is KeyboardInterrupt else self.options.stop_grace_s)
+
+
+def remote_factory(
+    host: str,
+    *,
+    tarball: str | Path,
+    identity: str | None = None,
+    known_hosts: str | None = None,
+    accept_new_host_key: bool = False,
+) -> Callable[[Any], RemoteRuntime]:
+    """The `runtime_factory` the phase tasks pass for `--host`; the target is checked now."""
+    Target.parse(host)
+    if identity and not Path(identity).expanduser().is_file():
+        raise PipelineError(f"--identity {identity}: no such key file")
+
+    def factory(env: Any) -> RemoteRuntime:
+        return RemoteRuntime.for_env(
+            env,
+            host,
+            identity=identity,
+            known_hosts=known_hosts,
+            accept_new_host_key=accept_new_host_key,
+            tarball=tarball,
+        )
+
+    return factory
