@@ -554,3 +554,55 @@ def ensure_endpoint(env: Env, override: str | None, view: View | None = None) ->
             f"started the local Cloud Run emulator at {where} (stop it with `invoke emulator.stop`)"
         )
     return where
+
+
+def deploy_only(
+    tarball: str | Path,
+    env: Env,
+    *,
+    endpoint: str | None = None,
+    view: View | None = None,
+    receipts: str | Path | None = None,
+) -> PhaseResult:
+    """`cloudrun.deploy`: preflight, deploy tagged with no traffic, smoke the tag; the rollout
+    state is saved, so `cloudrun.resume` carries on with the canary steps."""
+    settings = env.cloudrun
+    info = releases.inspect(Path(tarball))
+    preflight_facts = preflight(info.sha256)
+    api = RunV2(settings, endpoint=endpoint)
+    run = PhaseRun("week5", env, receipts_path=receipts, view=view)
+    run.begin(
+        info.as_receipt(),
+        endpoint=endpoint or "run.googleapis.com",
+        action="deploy",
+        preflight=preflight_facts,
+    )
+    state = fresh(
+        run.writer.run_id,
+        settings.service,
+        endpoint,
+        image_for(env, info),
+        info.sha256,
+        info.version,
+        settings.tag,
+        list(settings.canary_steps),
+    )
+    rollout = Rollout(
+        run, api, short, default_backend(env, endpoint), run.path.parent / "rollout.json", state
+    )
+    rollout.template = Template.of(settings, state.image)
+    for kind in ("deploy", "smoke"):
+        step = Step(kind)
+        outcome: dict[str, Any] = {}
+        with run.stage(kind) as stage:
+            outcome = ACTIONS[kind](rollout)
+        rollout.state = advance(rollout.state, step, stage.passed, reason=stage.reason, **outcome)
+        rollout.save()
+        if not stage.passed:
+            break
+    spec = parse_gate(
+        "deploy",
+        {"stages.failed": ["count == 0"], "smoke.passed": ["count == 5"]},
+        "cloudrun.deploy",
+    )
+    return run.finish(spec)
