@@ -588,7 +588,7 @@ def deploy_only(
         list(settings.canary_steps),
     )
     rollout = Rollout(
-        run, api, short, default_backend(env, endpoint), run.path.parent / "rollout.json", state
+        run, api, env, default_backend(env, endpoint), run.path.parent / "rollout.json", state
     )
     rollout.template = Template.of(settings, state.image)
     for kind in ("deploy", "smoke"):
