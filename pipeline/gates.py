@@ -128,6 +128,7 @@ _EVIDENCE_KINDS = (
     "rollback",
     "capture",
     "constraint",
+    "oom",
     "scale",
     "environment",
     "release",
@@ -163,6 +164,9 @@ REGISTRY: dict[str, Metric] = {
     "shutdown.exit_status": Metric(("shutdown",), _field("exit_status"), "exit status at stop"),
     "constraints.failed": Metric(("constraint",), _flag("passed", False), "failed sandbox checks"),
     "constraints.passed": Metric(("constraint",), _flag("passed", True), "proven sandbox checks"),
+    "memory.oom_kills": Metric(
+        ("oom",), _one, "one sample per OOM kill of the sandbox (cgroup failcnt, exit 137)"
+    ),
     "pilot.operations": Metric(("operation",), _one, "one sample per pilot operation"),
     "pilot.accuracy": Metric(("operation",), _bool("matched"), "1 per matched answer, 0 otherwise"),
     "pilot.mismatches": Metric(("operation",), _flag("matched", False), "one per mismatch"),

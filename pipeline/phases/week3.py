@@ -239,8 +239,11 @@ def run_load_stage(
     plan: LoadPlan,
     instance: Instance | None = None,
     stage_name: str = "load",
+    stop: Any = None,
 ) -> Any:
-    """Open-loop load over the smoke endpoints; a `request` receipt per request."""
+    """Open-loop load over the smoke endpoints; a `request` receipt per request.
+
+    `stop` (a probes.load.StopToken) ends the load early, e.g. when the release has died."""
     from pipeline.probes.load import RequestResult, Tick, run_open_loop
 
     targets = load_targets(run.env.smoke, plan.endpoints)
@@ -264,6 +267,7 @@ def run_load_stage(
                 max_inflight=run.env.load.max_inflight,
                 timeout_s=run.env.load.timeout_s,
                 late_ms=run.env.load.late_ms,
+                stop=stop,
             )
         finally:
             run.view.load_finished()

@@ -13,4 +13,9 @@ def runtime_for(env: Any) -> Any:
         from pipeline.runtime.process import ProcessRuntime
 
         return ProcessRuntime()
+    if kind == "gvisor":
+        from pipeline.runtime.gvisor import GvisorRuntime, check_host
+
+        runsc = check_host(env.sandbox.runsc, str(env.path))  # runsc missing: the install command
+        return GvisorRuntime(env.sandbox, runsc)
     raise PipelineError(f"{env.path}: runtime {kind!r} is not available here yet")

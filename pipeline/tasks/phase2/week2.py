@@ -1,0 +1,45 @@
+"""`invoke phase2.week2` (alias phase2.sandbox): the release in a real gVisor sandbox, Gate 1."""
+
+from invoke import task
+
+from pipeline.tasks._cli import PHASE_HELP, exit_codes, finish_phase, json_echo, phase_view
+
+
+@task(
+    help={
+        **PHASE_HELP,
+        "env": 'env name (envs/NAME.toml) or path with runtime = "gvisor"; default ccw-sandbox',
+        "rate": "override the load profile's arrival rate (req/s)",
+        "duration": "override the load profile's duration (s); down to 2 s for a quick check",
+    },
+    aliases=("sandbox",),
+)
+def week2(
+    c, tarball, env="ccw-sandbox", port=None, receipts=None, json=False, rate=None, duration=None
+):
+    """Week 2, sandbox rehearsal: eleven measured stages inside gVisor (runsc), Gate 1."""
+    with exit_codes():
+        from pipeline import config
+        from pipeline.errors import GateFailed
+        from pipeline.phases.week2 import run_week2
+
+        environment = config.load_env(env)
+        console, view = phase_view(json, f"week 2 · sandbox rehearsal · env {environment.name}")
+        result = run_week2(
+            tarball,
+            environment,
+            port=int(port) if port is not None else None,
+            receipts=receipts,
+            view=view,
+            rate=float(rate) if rate else None,
+            duration=float(duration) if duration else None,
+            on_record=json_echo(json),
+        )
+        try:
+            finish_phase(result, console)
+        except GateFailed as exc:
+            oom = result.facts.get("oom_kill")  # say why, in the one line that ends the run
+            raise GateFailed(f"{exc} — {oom}" if oom else str(exc)) from None
+
+
+TASK = week2
