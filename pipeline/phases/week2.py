@@ -25,6 +25,7 @@ native comparison run) is removed at the end, also after a failed stage or Ctrl-
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import tempfile
@@ -203,7 +204,7 @@ class Rehearsal:
                 **runsc,
                 host_kernel=platform.release(),
                 cgroup="v1",
-                host_cpus=_cpu_count(),
+                host_cpus=os.cpu_count(),
                 network=self.env.sandbox.network,
                 limits=limits.as_receipt(),
                 applied=applied,
@@ -763,12 +764,6 @@ def _fmt(value: float | None, unit: str, sign: bool = False) -> str:
 
 def _mb(value: int | None) -> float | None:
     return None if value is None else round(value / MIB, 3)
-
-
-def _cpu_count() -> int | None:
-    import os
-
-    return os.cpu_count()
 
 
 def _meminfo_total(text: str) -> int | None:
