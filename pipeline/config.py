@@ -204,6 +204,9 @@ class Env(Strict):
             known = ", ".join(sorted(self.gates)) or "none"
             raise PipelineError(f"{self.path}: no [gates.{name}] table (known: {known})")
         source = self.sources.get(f"gates.{name}", str(self.path))
+        for key, expressions in self.gates[name].items():  # name the file that set a bad key
+            owner = self.sources.get(f"gates.{name}.{key}", source)
+            gates.parse_gate(name, {key: expressions}, owner)
         return gates.parse_gate(name, self.gates[name], source)
 
     def band(self, metric: str, value: float) -> str | None:

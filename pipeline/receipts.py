@@ -117,7 +117,7 @@ class ReceiptWriter:
         self.seq = _seq
         self.head = _prev
         self.sealed = False
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered by seal(): count, head and seal are atomic
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
         if _fh is None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,12 +168,13 @@ class ReceiptWriter:
 
     def seal(self, key: bytes | None = None) -> dict[str, Any]:
         key = receipt_key() if key is None else key
-        count = self.seq + 1
-        fields: dict[str, Any] = {"count": count, "head": self.head}
-        if key:
-            fields["hmac"] = hmac.new(key, self.head.encode(), hashlib.sha256).hexdigest()
-        record = self.write("seal", **fields)
-        self.sealed = True
+        with self._lock:  # no other thread's receipt may land between reading the head and sealing
+            count = self.seq + 1
+            fields: dict[str, Any] = {"count": count, "head": self.head}
+            if key:
+                fields["hmac"] = hmac.new(key, self.head.encode(), hashlib.sha256).hexdigest()
+            record = self.write("seal", **fields)
+            self.sealed = True
         return record
 
     def close(self) -> None:
@@ -359,7 +360,10 @@ def _split(path: Path, parts: int) -> list[tuple[int, int | None]]:
     with open(path, "rb") as fh:
         for k in range(1, parts):
             fh.seek(max(cuts[-1], size * k // parts))
-            fh.readline()
+            while True:  # to the next line start, in bounded reads (a line may be huge)
+                skipped = fh.readline(_READ_CHUNK)
+                if not skipped or skipped.endswith(b"\n"):
+                    break
             if fh.tell() >= size:
                 break
             cuts.append(fh.tell())

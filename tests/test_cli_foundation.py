@@ -1,0 +1,252 @@
+"""The real `invoke` command line over the foundation: gate.check, receipts.verify, receipts.show.
+
+Every test runs .venv/bin/invoke as a subprocess from the repo root, as a release engineer does,
+with PIPELINE_RUNS_DIR pointing at the test's temp dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from pipeline import config, receipts
+from pipeline.receipts import ReceiptWriter
+
+REPO = Path(__file__).resolve().parent.parent
+INVOKE = REPO / ".venv" / "bin" / "invoke"
+SHA = "ab" * 32
+
+
+def invoke(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(INVOKE), *args],
+        cwd=REPO,
+        env=dict(os.environ, COLUMNS="200"),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_bad_input(result: subprocess.CompletedProcess[str]) -> str:
+    """Exit 2 with exactly one line on stderr that starts with `error:`, and no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    return lines[0]
+
+
+def runs_dir() -> Path:
+    return Path(os.environ["PIPELINE_RUNS_DIR"])
+
+
+def write_run(path: Path, *, latencies: Sequence[float] = (20, 30, 40, 50), seal=True) -> Path:
+    with ReceiptWriter(path, run_id="cli-run", phase="week3") as w:
+        w.write("run", tool="pipeline", release={"name": "tai", "version": "1.0", "sha256": SHA})
+        w.write("startup", "start", seconds=1.5)
+        w.write("stage", "start", event="end", passed=True, seconds=1.6)
+        for n in range(5):
+            w.write("receipt", "smoke", test=f"t{n}", status=200, latency_ms=8, passed=True)
+        for n, latency in enumerate(latencies):
+            w.write("request", "load", endpoint="/health", method="GET", status=200,
+                    latency_ms=float(latency), sent_s=n / 10, passed=True, error=None)  # fmt: skip
+        w.write("metrics", "monitor", rss_mb=150.0, cpu_percent=4.0)
+        if seal:
+            w.seal()
+    return path
+
+
+FAILING = [100] * 18 + [900, 1000]  # p(95) = 905 ms
+
+
+# ---------------------------------------------------------------------------------------------
+# invoke --list
+
+
+def test_list_shows_the_collections_and_is_fast() -> None:
+    walls = []
+    for _ in range(3):
+        start = time.perf_counter()
+        result = invoke("--list")
+        walls.append(time.perf_counter() - start)
+        assert result.returncode == 0, result.stderr
+    for name in ("gate.check", "receipts.verify", "receipts.show"):
+        assert name in result.stdout, result.stdout
+    median = statistics.median(walls)
+    assert median < 0.5, f"invoke --list took {median:.3f} s (median of {walls})"
+
+
+def test_every_flag_has_help() -> None:
+    for task, flags in {
+        "gate.check": ["--gate", "--receipts", "--env", "--json", "--unsealed"],
+        "receipts.verify": ["--file", "--unsealed"],
+        "receipts.show": ["--file", "--kind", "--limit", "--json"],
+    }.items():
+        result = invoke("--help", task)
+        assert result.returncode == 0, result.stderr
+        options = result.stdout.split("Options:", 1)[1].splitlines()
+        for flag in flags:
+            (line,) = [x for x in options if f" {flag}" in x or x.strip().startswith(flag)]
+            help_text = line.split("  ")[-1].strip()
+            assert len(help_text) > 10 and not help_text.startswith("-"), (task, line)
+
+
+# ---------------------------------------------------------------------------------------------
+# gate.check
+
+
+def test_gate_check_passes_a_sealed_run(tmp_path: Path) -> None:
+    path = write_run(tmp_path / "r.jsonl")
+    result = invoke("gate.check", "--gate", "week3", "--receipts", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASS" in result.stdout and "p(95) < 250" in result.stdout
+    assert result.stderr == ""
+
+
+def test_gate_check_fails_naming_the_expression_and_measured_value(tmp_path: Path) -> None:
+    path = write_run(tmp_path / "r.jsonl", latencies=FAILING)
+    result = invoke("gate.check", "--gate", "gate2", "--receipts", str(path))
+    assert result.returncode == 99, result.stdout + result.stderr
+    assert "FAIL" in result.stdout and "905" in result.stdout
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("gate failed: week3: FAIL — http.latency_ms p(95) < 250 (measured 905)")
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_gate_check_fails_an_edited_run_naming_the_line(tmp_path: Path) -> None:
+    path = write_run(tmp_path / "r.jsonl")
+    data = path.read_bytes()
+    line = 1 + data[: data.index(b'"latency_ms":40.0')].count(b"\n")
+    path.write_bytes(data.replace(b'"latency_ms":40.0', b'"latency_ms":4.0'))
+    result = invoke("gate.check", "--gate", "week3", "--receipts", str(path))
+    assert result.returncode == 99
+    assert f"line {line}: edited" in result.stderr
+
+
+def test_gate_check_unsealed_run_fails_unless_asked(tmp_path: Path) -> None:
+    path = write_run(tmp_path / "r.jsonl", seal=False)
+    result = invoke("gate.check", "--gate", "week3", "--receipts", str(path))
+    assert result.returncode == 99 and "unsealed" in result.stderr
+    allowed = invoke("gate.check", "--gate", "week3", "--receipts", str(path), "--unsealed")
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+
+
+def test_gate_check_bad_input_exits_2_with_one_error_line(tmp_path: Path) -> None:
+    path = write_run(tmp_path / "r.jsonl")
+    missing = invoke("gate.check", "--gate", "week3", "--receipts", str(tmp_path / "nope.jsonl"))
+    assert "nope.jsonl" in assert_bad_input(missing)
+
+    unknown = invoke("gate.check", "--gate", "week9", "--receipts", str(path))
+    assert "[gates.week9]" in assert_bad_input(unknown)
+
+    bad_env = tmp_path / "bad.toml"
+    base = config.ENVS_DIR / "base.toml"
+    bad_env.write_text(f'extends = "{base}"\n[gates.week3]\n"http.latency_ms" = ["p(95) <"]\n')
+    malformed = invoke(
+        "gate.check", "--gate", "week3", "--receipts", str(path), "--env", str(bad_env)
+    )
+    line = assert_bad_input(malformed)
+    assert str(bad_env) in line and "'http.latency_ms'" in line
+
+    not_toml = tmp_path / "broken.toml"
+    not_toml.write_text("[gates\n")
+    assert str(not_toml) in assert_bad_input(
+        invoke("gate.check", "--gate", "week3", "--receipts", str(path), "--env", str(not_toml))
+    )
+    no_env = invoke("gate.check", "--gate", "week3", "--receipts", str(path), "--env", "nosuch")
+    assert "nosuch.toml: no such env file" in assert_bad_input(no_env)
+    assert not (runs_dir() / "gates.jsonl").exists()  # bad input is not a verdict
+
+
+def test_gate_check_json_prints_one_object_on_stdout(tmp_path: Path) -> None:
+    path = write_run(tmp_path / "r.jsonl", latencies=FAILING)
+    result = invoke("gate.check", "--gate", "week3", "--receipts", str(path), "--json")
+    assert result.returncode == 99
+    verdict = json.loads(result.stdout)  # exactly one JSON document, nothing else
+    assert result.stdout.count("\n") == 1
+    assert verdict["gate"] == "week3" and verdict["passed"] is False
+    by_expr = {(r["metric"], r["expression"]): r for r in verdict["results"]}
+    assert by_expr[("http.latency_ms", "p(95) < 250")]["measured"] == pytest.approx(905.0)
+    assert by_expr[("http.latency_ms", "p(95) < 250")]["passed"] is False
+    assert by_expr[("smoke.passed", "count == 5")]["passed"] is True
+    assert "p(95) < 250" in result.stderr and "metric" in result.stderr  # the table
+    passing = invoke(
+        "gate.check", "--gate", "week3", "--receipts", str(write_run(tmp_path / "ok.jsonl")),
+        "--json",
+    )  # fmt: skip
+    assert passing.returncode == 0 and json.loads(passing.stdout)["passed"] is True
+
+
+def test_gate_check_appends_to_a_ledger_that_verifies(tmp_path: Path) -> None:
+    good = write_run(tmp_path / "good.jsonl")
+    bad = write_run(tmp_path / "bad.jsonl", latencies=FAILING)
+    assert invoke("gate.check", "--gate", "week3", "--receipts", str(good)).returncode == 0
+    assert invoke("gate.check", "--gate", "week3", "--receipts", str(bad)).returncode == 99
+    ledger = runs_dir() / "gates.jsonl"
+    entries = list(receipts.iter_records(ledger))
+    assert [(e["gate"], e["passed"], e["seq"]) for e in entries] == [
+        ("week3", True, 0),
+        ("week3", False, 1),
+    ]
+    assert entries[0]["receipts"] == str(good.resolve())
+    assert entries[0]["receipts_head"] == receipts.verify(good).head
+    assert entries[0]["release_sha256"] == SHA
+    assert entries[1]["failed"] == ["http.latency_ms p(95) < 250"]
+    verified = invoke("receipts.verify", str(ledger))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "2 receipts verified" in verified.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# receipts.verify and receipts.show
+
+
+def test_receipts_verify_exit_codes(tmp_path: Path) -> None:
+    path = write_run(tmp_path / "r.jsonl")
+    ok = invoke("receipts.verify", str(path))
+    assert ok.returncode == 0 and "receipts verified, sealed" in ok.stdout
+
+    lines = path.read_bytes().splitlines(keepends=True)
+    swapped = tmp_path / "swapped.jsonl"
+    swapped.write_bytes(b"".join(lines[:3] + [lines[4], lines[3]] + lines[5:]))
+    broken = invoke("receipts.verify", str(swapped))
+    assert broken.returncode == 99
+    assert "line 4: reordered" in broken.stdout + broken.stderr
+
+    unsealed = write_run(tmp_path / "open.jsonl", seal=False)
+    assert invoke("receipts.verify", str(unsealed)).returncode == 99
+    assert invoke("receipts.verify", str(unsealed), "--unsealed").returncode == 0
+
+    assert "nope.jsonl" in assert_bad_input(invoke("receipts.verify", str(tmp_path / "nope.jsonl")))
+
+
+def test_receipts_show_filters_by_kind(tmp_path: Path) -> None:
+    path = write_run(tmp_path / "r.jsonl")
+    shown = invoke("receipts.show", str(path), "--kind", "request", "--json")
+    assert shown.returncode == 0, shown.stderr
+    records = [json.loads(line) for line in shown.stdout.splitlines()]
+    assert [r["kind"] for r in records] == ["request"] * 4
+    assert [r["latency_ms"] for r in records] == [20.0, 30.0, 40.0, 50.0]
+    limited = invoke("receipts.show", str(path), "--kind", "receipt", "--limit", "2", "--json")
+    assert [json.loads(x)["test"] for x in limited.stdout.splitlines()] == ["t0", "t1"]
+    table = invoke("receipts.show", str(path), "--kind", "metrics")
+    assert table.returncode == 0 and "metrics" in table.stdout and "rss_mb=150.0" in table.stdout
+    assert "request" not in table.stdout and "startup" not in table.stdout
+    assert "nope" in assert_bad_input(invoke("receipts.show", str(tmp_path / "nope")))
+
+
+def test_tasks_module_is_the_only_entry_point() -> None:
+    """tasks.py re-exports the pipeline namespace: the same collections via `python -m invoke`."""
+    result = subprocess.run(
+        [sys.executable, "-m", "invoke", "--list"], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 0 and "gate.check" in result.stdout
