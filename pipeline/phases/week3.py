@@ -149,6 +149,7 @@ class LiveRelease:
                 pid=self.instance.pid,
                 runtime=self.runtime.name,
                 rss_mb=round(stats.rss_bytes / 2**20, 3),
+                where=getattr(self.instance, "facts", None),  # e.g. the remote host and upload
             )
             self.run.facts["startup_s"] = round(self.ready_s, 3)
             stage.note = f"ready in {self.ready_s:.2f} s at {self.instance.url}"
