@@ -308,15 +308,16 @@ class _Conn(asyncio.BufferedProtocol):
 
     # -- requests
 
-    def send(self, tgt: _Prepared, sched: float | None) -> None:
-        """Write ``tgt``'s request; ``sched`` None: due now (closed loop)."""
+    def send(self, tgt: _Prepared, sched: float | None, t: float = 0.0) -> None:
+        """Write ``tgt``'s request, timestamped ``t`` (0: now); ``sched`` None: due then."""
         self.tgt = tgt
         self.busy = True
         self.got_bytes = False
         self.in_head = True
         self.buf = b""
         self.keep = True
-        t = _now()
+        if not t:
+            t = _now()
         self.sched = t if sched is None else sched
         self.sent = t
         self.run.inflight[self] = t
@@ -592,13 +593,14 @@ class _Run:
         conn.reused = True
         assert tgt is not None
         if self.mode == "closed":
-            if conn.keep and not conn.lost and t < self.t_end and not self.stopping:
+            t_send = _now()
+            if conn.keep and not conn.lost and t_send < self.t_end and not self.stopping:
                 # the next request goes out before this result is recorded
                 nxt = self.targets[self.i % self.nt]
                 self.i += 1
                 self.sent += 1
                 self.scheduled += 1
-                conn.send(nxt, None)
+                conn.send(nxt, None, t_send)
             else:
                 self._retire(conn)
         else:
@@ -965,7 +967,8 @@ class _ClosedRun(_Run):
                 self.record(tgt, 0, _describe(exc), t_try, t_try, _now())
                 await asyncio.sleep(0)  # a refused connect may not yield: let the loop run
                 continue
-            if self.stopping or _now() >= self.t_end:
+            t_send = _now()
+            if self.stopping or t_send >= self.t_end:
                 conn.transport.close()  # type: ignore[union-attr]
                 break
             fut: asyncio.Future[None] = self.loop.create_future()
@@ -974,7 +977,7 @@ class _ClosedRun(_Run):
             self.i += 1
             self.sent += 1
             self.scheduled += 1
-            conn.send(tgt, None)
+            conn.send(tgt, None, t_send)
             await fut
 
     async def drive(self) -> None:
