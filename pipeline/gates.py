@@ -157,6 +157,16 @@ REGISTRY: dict[str, Metric] = {
     "cpu.percent": Metric(("metrics",), _field("cpu_percent"), "CPU of the release, % of one core"),
     "instances": Metric(("metrics",), _field("instances"), "instances serving, per sample"),
     "errors": Metric(("error",), _one, "one sample per error receipt"),
+    "instances.shortfall": Metric(
+        ("metrics",),
+        lambda r: (
+            1.0
+            if type(r.get("instances_needed")) is int
+            and (r.get("instances") or 0) < r["instances_needed"]
+            else None
+        ),
+        "one sample per moment with fewer instances than the in-flight requests needed",
+    ),
     "receipts": Metric(_EVIDENCE_KINDS, _one, "evidence receipts (not run/stage/gate/seal)"),
     "captured.receipts": Metric(("capture",), _field("count"), "receipts the release printed"),
     "stages.passed": Metric(("stage",), _stage_end(True), "one sample per passed stage"),

@@ -1,5 +1,6 @@
 """Shared test fixtures. Each area keeps its fixtures in a tests/fixtures_*.py plugin module."""
 
+import contextlib
 import os
 import shutil
 
@@ -30,6 +31,28 @@ def _runs_dir(tmp_path, monkeypatch):
 
 
 _OURS: list[str] = []  # the session's temp root: every release a test starts lives under it
+_SHARED: list[str] = []  # roots of processes a module-scoped fixture keeps across its tests
+
+
+@contextlib.contextmanager
+def shared_processes(root):
+    """For a module-scoped fixture (an emulator and its instances): processes under `root` may
+    outlive single tests; when the fixture ends, none of them may be left."""
+    _SHARED.append(str(root))
+    try:
+        yield
+    finally:
+        _SHARED.remove(str(root))
+        from pipeline.waiting import WaitTimeout, poll
+
+        try:
+            poll(
+                lambda: True if not _live(_beams(str(root))) else None,
+                timeout=15,
+                what="shared processes",
+            )
+        except WaitTimeout:
+            pytest.fail(f"processes left under {root}: {sorted(_live(_beams(str(root))))}")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -45,16 +68,33 @@ def _session_tempdir(tmp_path_factory):
     tempfile.tempdir = previous
 
 
-def _beams() -> set[int]:
+def _beams(within: str | None = None) -> set[int]:
+    """Erlang VMs and sandboxes of this session (or under `within`), shared ones excepted."""
     import psutil
 
     found = set()
     for proc in psutil.process_iter(["name", "cmdline"]):
         if proc.info["name"] in ("beam.smp", "runsc", "runsc-sandbox", "runsc-gofer"):
             cmdline = " ".join(proc.info["cmdline"] or ())
-            if any(base in cmdline for base in _OURS):
+            if within is not None:
+                if within in cmdline:
+                    found.add(proc.pid)
+            elif any(base in cmdline for base in _OURS) and not any(s in cmdline for s in _SHARED):
                 found.add(proc.pid)
     return found
+
+
+def _live(pids: set[int]) -> list[int]:
+    import psutil
+
+    live = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                live.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return live
 
 
 @pytest.fixture(autouse=True)
@@ -62,20 +102,10 @@ def _nothing_left_behind():
     """Every test stops what it started: no Erlang VM or sandbox outlives it."""
     before = _beams()
     yield
-    import psutil
-
     from pipeline.waiting import WaitTimeout, poll
 
     def settled():
-        left = {p for p in _beams() - before if psutil.pid_exists(p)}
-        live = []
-        for pid in left:
-            try:
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    live.append(pid)
-            except psutil.NoSuchProcess:
-                pass
-        return True if not live else None
+        return True if not _live(_beams() - before) else None
 
     try:
         poll(settled, timeout=5, interval=0.05, what="processes to exit")

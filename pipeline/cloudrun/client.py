@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Protocol
 
-from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential, wait_random
 
 from pipeline.config import CloudRunSettings
 from pipeline.errors import PipelineError
@@ -184,7 +184,7 @@ class RunV2:
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         retrying = Retrying(
             retry=retry_if_exception(_transient),
-            wait=wait_exponential_jitter(initial=0.05, max=2.0),
+            wait=wait_exponential(multiplier=0.05, max=2.0) + wait_random(0, 0.05),
             stop=stop_after_delay(self.settings.api_deadline_s),
             sleep=self._sleep,
             reraise=True,
@@ -204,7 +204,11 @@ class RunV2:
 
         initial, maximum = self._poll
         retry = polling.DEFAULT_POLLING.with_delay(initial=initial, maximum=maximum)
-        return operation.result(timeout=self.settings.api_deadline_s, polling=retry)
+        # a 429/503 while polling ends result() without finishing the operation: poll again
+        return self._call(
+            "wait for the operation",
+            lambda: operation.result(timeout=self.settings.api_deadline_s, polling=retry),
+        )
 
     # --- conversions
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -43,11 +44,11 @@ class Backend(Protocol):
     """What the platform tells about its revisions beyond the Admin API (the emulator's metrics
     endpoint; on Google, Cloud Monitoring). None means: not available here."""
 
-    def revisions(self) -> dict[str, dict[str, Any]] | None: ...
+    def revisions(self, window_s: float | None = None) -> dict[str, dict[str, Any]] | None: ...
 
 
 class NoBackend:
-    def revisions(self) -> dict[str, dict[str, Any]] | None:
+    def revisions(self, window_s: float | None = None) -> dict[str, dict[str, Any]] | None:
         return None
 
 
@@ -119,6 +120,23 @@ def do_deploy(r: Rollout) -> dict[str, Any]:
             f"the new revision never got ready: {exc}; the service keeps its traffic"
         ) from None
     candidate = service.latest_created
+    if candidate == stable:  # the same template: Cloud Run made no new revision
+        service = r.api.set_traffic(canary_routes(candidate, candidate, 100, r.state.tag))
+        r.run.write(
+            "deploy",
+            "deploy",
+            revision=candidate,
+            stable=stable,
+            image=r.template.image,
+            first=False,
+            unchanged=True,
+            service_uri=service.uri,
+        )
+        return {
+            "candidate": candidate,
+            "stable": None,
+            "note": f"{candidate} already serves this release: no canary",
+        }
     if stable:
         service = r.api.set_traffic(canary_routes(stable, candidate, 0, r.state.tag))
     else:
@@ -134,17 +152,25 @@ def do_deploy(r: Rollout) -> dict[str, Any]:
         service_uri=service.uri,
         tag_uri=service.tag_uris.get(r.state.tag),
     )
-    write_traffic(r, service, "deploy")
-    return {"candidate": candidate, "stable": stable}
+    write_traffic(r, service, "deploy", candidate)
+    first = "first deployment: 100 %" if not stable else f"0 % beside {stable}"
+    return {
+        "candidate": candidate,
+        "stable": stable,
+        "note": f"{candidate} tagged {r.state.tag}, {first}",
+    }
 
 
-def write_traffic(r: Rollout, service: Any, step: str) -> None:
+def write_traffic(r: Rollout, service: Any, step: str, candidate: str | None = None) -> None:
+    """A `traffic` receipt: the split as the service reports it, and the candidate's share."""
+    candidate = candidate or r.state.candidate
     r.run.write(
         "traffic",
         step,
         split=service.serving(),
         step=step,
-        percent=service.percent_of(r.state.candidate) if r.state.candidate else None,
+        revision=candidate,
+        percent=service.percent_of(candidate) if candidate else None,
     )
 
 
@@ -162,7 +188,7 @@ def do_smoke(r: Rollout) -> dict[str, Any]:
     failed = [f"{x.test}: {x.reason}" for x in results if not x.passed]
     if failed:
         raise StageFailed("smoke on the tagged URL failed: " + "; ".join(failed))
-    return {}
+    return {"note": f"{len(results)}/{len(results)} on {url}"}
 
 
 def shift(r: Rollout, percent: int) -> Any:
@@ -197,8 +223,11 @@ def do_canary(r: Rollout, percent: int) -> dict[str, Any]:
     plan = LoadPlan(r.settings.bake_rate, r.settings.bake_s)
     if plan.duration_s > 0:
         run_load_stage(r.run, service.uri, plan, stage_name=f"{stage}-bake")
-    verdict = check(r.run.path, window_gate(r.env, f"{stage}-bake"), require_seal=False)
-    backend = revision_window(before, r.backend.revisions(), r.state.candidate)
+    spec = window_gate(r.env, f"{stage}-bake")
+    verdict = check(r.run.path, spec, require_seal=False)
+    backend = revision_window(
+        before, r.backend.revisions(window_s=max(plan.duration_s, 1.0)), r.state.candidate
+    )
     r.run.write(
         "analysis",
         stage,
@@ -211,9 +240,14 @@ def do_canary(r: Rollout, percent: int) -> dict[str, Any]:
     problems = [f"{x.metric} {x.expression} (measured {x.measured})" for x in verdict.failures]
     if backend and backend.get("errors"):
         problems.append(f"{r.state.candidate} answered {backend['errors']} errors in the window")
+    if backend:
+        problems += revision_latency_problems(
+            spec, backend.get("latency_ms") or {}, r.state.candidate
+        )
     if problems:
         raise StageFailed(f"canary {percent} % failed: " + "; ".join(problems))
-    return {"percent": percent}
+    own = f", {r.state.candidate}: {backend['requests']} requests, 0 errors" if backend else ""
+    return {"percent": percent, "note": f"{percent} % held for {plan.duration_s:g} s{own}"}
 
 
 def revision_window(
@@ -227,7 +261,33 @@ def revision_window(
         "requests": now.get("requests", 0) - then.get("requests", 0),
         "errors": now.get("errors", 0) - then.get("errors", 0),
         "instances": now.get("instances"),
+        "latency_ms": now.get("latency_ms"),
     }
+
+
+def revision_latency_problems(
+    spec: GateSpec, latency: dict[str, Any], revision: str | None
+) -> list[str]:
+    """The window's latency thresholds applied to the candidate's own percentiles (the backend
+    measures per revision what the client sees mixed)."""
+    problems: list[str] = []
+    if not latency.get("count"):
+        return problems
+    for key, thresholds in spec.rules:
+        if key.name != "http.latency_ms":
+            continue
+        for threshold in thresholds:
+            label = {"p": f"p{threshold.pct:g}", "avg": "avg", "max": "max", "med": "p50"}.get(
+                threshold.agg
+            )
+            value = latency.get(label or "")
+            if value is None or threshold.op not in ("<", "<="):
+                continue
+            if not (value < threshold.value if threshold.op == "<" else value <= threshold.value):
+                problems.append(
+                    f"{revision} {threshold.label} {value:g} ms (needs {threshold.source})"
+                )
+    return problems
 
 
 def do_rollback(r: Rollout) -> dict[str, Any]:
@@ -242,7 +302,7 @@ def do_rollback(r: Rollout) -> dict[str, Any]:
         "rollback", "rollback", reason=r.state.reason, to=stable, away_from=r.state.candidate
     )
     write_traffic(r, service, "rollback")
-    return {}
+    return {"note": f"100 % back on {stable}: {r.state.reason}"}
 
 
 def do_scale(r: Rollout) -> dict[str, Any]:
@@ -265,14 +325,14 @@ def do_scale(r: Rollout) -> dict[str, Any]:
     )
     if seen != want:
         raise StageFailed(f"scaling not applied: the revision reports {seen}, wanted {want}")
-    return {}
+    return {"note": f"min {seen[0]}, max {seen[1]}, concurrency {seen[2]} on {revision.name}"}
 
 
 def do_drain(r: Rollout) -> dict[str, Any]:
     old = r.state.stable
     if not old or old == r.state.candidate:
         r.run.write("drain", "drain", revision=None, note="first deployment: nothing to drain")
-        return {}
+        return {"note": "first deployment: nothing to drain"}
     began = time.monotonic()
 
     def drained() -> bool | None:
@@ -314,33 +374,72 @@ def do_drain(r: Rollout) -> dict[str, Any]:
         seconds=round(time.monotonic() - began, 3),
         deleted=deleted,
     )
-    return {}
+    return {"note": f"{old}: {how}" + (f", deleted {', '.join(deleted)}" if deleted else "")}
 
 
 def do_production(r: Rollout) -> dict[str, Any]:
+    """Gate 4's load through the service URL, with the serving revision's instances sampled."""
+    from pipeline.probes.monitor import sample_loop
+
     service = r.api.get_service()
     assert service is not None
     plan = LoadPlan(r.settings.production_rate, r.settings.production_s)
-    samples: list[dict[str, Any]] = []
-    run_load_stage(r.run, service.uri, plan, stage_name="production")
-    seen = r.backend.revisions() or {}
-    for revision, facts in seen.items():
-        for instance in facts.get("instance_list", []) or []:
-            r.run.write("metrics", "production", revision=revision, **instance)
-            samples.append(instance)
-        if revision == r.state.candidate:
-            needed = math.ceil(
-                (facts.get("peak_inflight") or 0) / max(1, r.settings.concurrency or 80)
-            )
-            r.run.write(
-                "metrics",
-                "production",
-                revision=revision,
-                instances=facts.get("instances", 0),
-                peak_inflight=facts.get("peak_inflight"),
-                instances_needed=max(1, needed),
-            )
-    return {"instances": len(samples)}
+    revision = r.state.candidate
+    concurrency = r.settings.concurrency or 80
+    stop = threading.Event()
+    peak = {"instances": 0}
+
+    def sample() -> None:
+        seen = r.backend.revisions() or {}
+        facts = seen.get(revision or "", {})
+        if not facts:
+            return
+        inflight = facts.get("inflight", 0)
+        r.run.write(
+            "metrics",
+            "production",
+            revision=revision,
+            instances=facts.get("instances", 0),
+            inflight=inflight,
+            instances_needed=max(1, math.ceil(inflight / concurrency)),
+        )
+        peak["instances"] = max(peak["instances"], facts.get("instances", 0))
+        for instance in facts.get("instance_list", []):
+            if instance.get("rss_mb") is not None:
+                r.run.write(
+                    "metrics",
+                    "production",
+                    revision=revision,
+                    instance=instance.get("id"),
+                    rss_mb=instance["rss_mb"],
+                    cpu_percent=instance.get("cpu_percent") or 0.0,
+                    instance_requests=instance.get("requests"),
+                )
+
+    def read() -> Any:
+        sample()
+        from pipeline.runtime.base import Stats
+
+        return Stats(0, 0.0)
+
+    sampler = threading.Thread(
+        target=sample_loop,
+        args=(read, lambda s: None),
+        kwargs={"interval": 0.5, "stop": stop},
+        daemon=True,
+    )
+    if not isinstance(r.backend, NoBackend):
+        sampler.start()
+    try:
+        run_load_stage(r.run, service.uri, plan, stage_name="production-load")
+    finally:
+        stop.set()
+        if sampler.is_alive():
+            sampler.join()
+    return {
+        "instances": peak["instances"],
+        "note": f"peak {peak['instances']} instance(s) of {revision}",
+    }
 
 
 ACTIONS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -362,6 +461,7 @@ def drive(r: Rollout) -> None:
             try:
                 act = ACTIONS[step.kind]
                 outcome = act(r, step.percent) if step.kind == "canary" else act(r)
+                stage.note = str(outcome.pop("note", ""))
             except KeyboardInterrupt:
                 settle_after_interrupt(r, step)
                 raise
@@ -524,8 +624,8 @@ def ensure_endpoint(env: Env, override: str | None, view: View | None = None) ->
         [
             sys.executable,
             "-m",
-            "invoke",
-            "emulator.start",
+            "pipeline.emulator",
+            "start",
             "--background",
             "--port",
             str(port),

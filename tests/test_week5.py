@@ -1,0 +1,269 @@
+"""Week 5 against the local Cloud Run emulator, through the official run_v2 client, with the
+reference release — under constant load during the rollouts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import shared_processes
+
+from pipeline import config, receipts
+from pipeline.cloudrun.rollout import RolloutState
+from pipeline.phases.week3 import run_week3
+from pipeline.phases.week4 import run_week4
+from pipeline.phases.week5 import resume, run_week5
+from pipeline.runtime.process import free_port
+from pipeline.waiting import poll
+
+REPO = Path(__file__).resolve().parent.parent
+INVOKE = str(Path(sys.executable).parent / "invoke")
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory):
+    """An emulator on a free port, run as its own process (tests talk to it over HTTP only),
+    with an env whose windows are short; stopped with every instance at the end."""
+    base = tmp_path_factory.mktemp("cloud")
+    port = free_port()
+    env_file = base / "cloudrun-test.toml"
+    env_file.write_text(
+        f'extends = "{REPO / "envs" / "cloudrun-local.toml"}"\n'
+        f"[emulator]\nport = {port}\nscale_in_delay_s = 60\n"
+        f'[cloudrun]\nendpoint = "http://127.0.0.1:{port}"\nmin_instances = 1\n'
+        "bake_s = 4\nbake_rate = 200\nproduction_s = 3\nproduction_rate = 200\ndrain_timeout_s = 20\n"
+    )
+    runs = base / "runs"
+    environ = {**os.environ, "PIPELINE_RUNS_DIR": str(runs)}
+    state = base / "emulator-state"
+    command = [sys.executable, "-m", "pipeline.emulator"]
+    started = subprocess.run(
+        [
+            *command,
+            "start",
+            "--background",
+            "--port",
+            str(port),
+            "--env",
+            str(env_file),
+            "--state-dir",
+            str(state),
+        ],
+        cwd=REPO,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert started.returncode == 0, started.stderr
+    with pytest.MonkeyPatch.context() as patch, shared_processes(base):
+        patch.setenv("PIPELINE_RUNS_DIR", str(runs))
+        try:
+            yield {
+                "env": config.load_env(env_file),
+                "env_file": env_file,
+                "runs": runs,
+                "port": port,
+            }
+        finally:
+            subprocess.run(
+                [*command, "stop", "--state-dir", str(state)], cwd=REPO, env=environ, timeout=120
+            )
+
+
+@pytest.fixture(autouse=True)
+def _shared_runs(cloud, monkeypatch):
+    """All tests of this module share one ledger (week 5's preflight reads it)."""
+    monkeypatch.setenv("PIPELINE_RUNS_DIR", str(cloud["runs"]))
+
+
+def gates_passed(tarball: Path) -> Path:
+    """Weeks 3 and 4 on the tarball (their passes are what the preflight looks for)."""
+    local = config.load_env("local")
+    assert run_week3(tarball, local, duration=2).verdict.passed
+    assert run_week4(tarball, local).verdict.passed
+    return tarball
+
+
+def service_uri(cloud) -> str:
+    from pipeline.cloudrun.client import RunV2
+
+    service = RunV2(cloud["env"].cloudrun).get_service()
+    assert service is not None
+    return service.uri
+
+
+class Background:
+    """Constant load through the service URL while a rollout runs; every result kept."""
+
+    def __init__(self, url: str, rate: float = 50):
+        from pipeline.phases.week3 import load_targets
+        from pipeline.probes.load import StopToken
+
+        self.results: list = []
+        self.stop_token = StopToken()
+        targets = [t for t in load_targets(config.load_env("local").smoke) if t.method == "GET"]
+        self.thread = threading.Thread(target=self._run, args=(url, targets, rate), daemon=True)
+
+    def _run(self, url, targets, rate):
+        from pipeline.probes.load import run_open_loop
+
+        run_open_loop(url, targets, rate, 600, on_result=self.results.append, stop=self.stop_token)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_token.stop()
+        self.thread.join(30)
+
+    def failed(self, after_s: float = 0.0) -> list:
+        return [
+            r
+            for r in self.results
+            if not r.passed and r.error != "cancelled" and r.sent_s >= after_s
+        ]
+
+
+def kinds(path: Path, kind: str) -> list[dict]:
+    return [r for r in receipts.iter_records(path) if r["kind"] == kind]
+
+
+def test_preflight_refuses_a_release_without_gate2_and_gate3(reference_tarball, cloud):
+    done = subprocess.run(
+        [
+            INVOKE,
+            "phase2.week5",
+            "--tarball",
+            str(reference_tarball(version="0.9.0")),
+            "--env",
+            str(cloud["env_file"]),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=os.environ,
+        timeout=120,
+    )
+    assert done.returncode == 99, done.stdout + done.stderr
+    assert "Gate 2 (week3) and Gate 3 (week4)" in done.stderr
+    assert not list(cloud["runs"].glob("*-week5-*"))  # nothing was deployed, no run started
+
+
+def test_first_deploy_goes_straight_to_100_percent(reference_tarball, cloud):
+    tarball = gates_passed(reference_tarball(version="1.0.0"))
+    result = run_week5(tarball, cloud["env"])
+    assert result.verdict.passed, result.verdict.summary()
+    steps = [r["stage"] for r in kinds(result.receipts, "stage") if r["event"] == "end"]
+    assert not any(s.startswith("canary") for s in steps)
+    (deploy,) = kinds(result.receipts, "deploy")
+    assert deploy["first"] is True
+    assert kinds(result.receipts, "traffic")[-1]["split"] == {deploy["revision"]: 100}
+    production = [r for r in kinds(result.receipts, "metrics") if r.get("instances") is not None]
+    assert production and max(r["instances"] for r in production) >= 1
+
+
+def test_good_release_reaches_100_percent_with_zero_failed_requests(reference_tarball, cloud):
+    tarball = gates_passed(reference_tarball(version="1.1.0"))
+    with Background(service_uri(cloud)) as load:
+        result = run_week5(tarball, cloud["env"])
+        poll(lambda: True if len(load.results) > 100 else None, timeout=30, what="background load")
+    assert result.verdict.passed, result.verdict.summary()
+    assert load.failed() == [], load.failed()[:3]
+    traffic = [r["percent"] for r in kinds(result.receipts, "traffic")]
+    assert traffic == [0, 10, 50, 100]
+    (drain,) = kinds(result.receipts, "drain")
+    assert drain["revision"] and drain["how"] == "in-flight reached 0"
+    state = RolloutState.load(result.receipts.parent / "rollout.json")
+    assert state.phase == "done" and state.current_percent == 100
+
+
+@pytest.mark.parametrize(
+    ("fault", "version", "why"),
+    [("prod_errors", "1.2.0", "errors"), ("prod_slow", "1.3.0", "p95")],
+    ids=["prod-errors", "prod-slow"],
+)
+def test_production_only_defect_is_rolled_back_at_the_first_step(
+    reference_tarball, cloud, fault, version, why
+):
+    tarball = gates_passed(reference_tarball(fault, version=version))  # weeks 3 and 4 pass it
+    with Background(service_uri(cloud)) as load:
+        result = run_week5(tarball, cloud["env"])
+        (rollback,) = kinds(result.receipts, "rollback")
+        after = max(r.sent_s for r in load.results) if load.results else 0.0
+        poll(
+            lambda: (
+                True if load.results and max(r.sent_s for r in load.results) > after + 2 else None
+            ),
+            timeout=30,
+            what="load after the rollback",
+        )
+    assert not result.verdict.passed
+    assert [r["percent"] for r in kinds(result.receipts, "traffic")] == [0, 10, 0]
+    assert why in rollback["reason"] or (why == "p95" and "p(95)" in rollback["reason"])
+    assert load.failed(after_s=after) == []  # the stable revision serves with 0 errors afterwards
+    state = RolloutState.load(result.receipts.parent / "rollout.json")
+    assert state.phase == "rolled_back"
+
+
+def test_crash_mid_rollout_then_resume_and_rollback(reference_tarball, cloud):
+    for version, action in (("1.4.0", "resume"), ("1.5.0", "rollback")):
+        tarball = gates_passed(reference_tarball(version=version))
+        proc = subprocess.Popen(
+            [INVOKE, "phase2.week5", "--tarball", str(tarball), "--env", str(cloud["env_file"])],
+            cwd=REPO,
+            env=os.environ,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+        def after_first_step(tarball=tarball):
+            for path in cloud["runs"].glob("*-week5-*/rollout.json"):
+                state = RolloutState.load(path)
+                if state.image.endswith(tarball.name) and state.completed_step >= 0:
+                    return path
+            return None
+
+        state_path = poll(after_first_step, timeout=120, what="the first canary step")
+        os.killpg(proc.pid, signal.SIGKILL)  # a crash: no cleanup, no seal
+        proc.wait()
+        crashed = RolloutState.load(state_path)
+        assert crashed.current_percent == 10
+        result = resume(state_path, cloud["env"], action=action)
+        final = RolloutState.load(state_path)
+        if action == "resume":
+            assert result.verdict.passed, result.verdict.summary()
+            assert final.phase == "done" and final.current_percent == 100
+        else:
+            assert final.phase == "rolled_back"
+            (rollback,) = kinds(result.receipts, "rollback")
+            assert rollback["to"] == crashed.stable
+
+
+def test_injected_503_and_429_are_survived(reference_tarball, cloud):
+    tarball = gates_passed(reference_tarball(version="1.6.0"))
+    faults = f"http://127.0.0.1:{cloud['port']}/emulator/v1/faults"
+    for code in (503, 429):
+        body = json.dumps({"rate": 0.3, "code": code}).encode()
+        request = urllib.request.Request(
+            faults, data=body, method="PUT", headers={"Content-Type": "application/json"}
+        )
+        urllib.request.urlopen(request, timeout=10).read()
+        try:
+            result = run_week5(tarball, cloud["env"])
+            seen = json.loads(urllib.request.urlopen(faults, timeout=10).read())
+        finally:
+            urllib.request.urlopen(
+                urllib.request.Request(faults, method="DELETE"), timeout=10
+            ).read()
+        assert result.verdict.passed, f"{code}: {result.verdict.summary()}"
+        assert seen["injected"] > 0, seen  # the client really met the faults and retried
