@@ -284,12 +284,22 @@ class MetricCollector:
         self.samples: dict[str, array[float]] = {}
         self.buckets: dict[str, dict[int, int]] = {}
         self.ledgers: dict[str, dict[str, Any]] = {}  # cross-checked metrics' running state
+        self.counted: dict[str, tuple[str, ...]] = {}  # one sample per record of these kinds
+        self.kind_counts: dict[str, int] = {}
         self._by_kind: dict[str, list[Callable[[dict[str, Any]], None]]] = {}
         for key in keys:
             if key.source in self.samples:
                 continue
             metric = REGISTRY[key.name]
             self.samples[key.source] = array("d")
+            if (
+                metric.extract is _one
+                and not key.filters
+                and not metric.per_second
+                and not metric.cross_check
+            ):
+                self.counted[key.source] = metric.kinds  # a plain count: no closure per record
+                continue
             if metric.per_second:
                 self.buckets[key.source] = {}
             if metric.cross_check:
@@ -337,21 +347,24 @@ class MetricCollector:
         return handle
 
     def feed(self, record: dict[str, Any]) -> None:
-        for handle in self._by_kind.get(record.get("kind"), ()):  # type: ignore[arg-type]
+        kind: str = record.get("kind")  # type: ignore[assignment]
+        counts = self.kind_counts
+        counts[kind] = counts.get(kind, 0) + 1
+        for handle in self._by_kind.get(kind, ()):
             handle(record)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"samples": self.samples, "buckets": self.buckets, "ledgers": self.ledgers}
+        state = ("samples", "buckets", "ledgers", "counted", "kind_counts")
+        return {name: getattr(self, name) for name in state}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.samples, self.buckets, self.ledgers = (
-            state["samples"],
-            state["buckets"],
-            state["ledgers"],
-        )
+        for name, value in state.items():
+            setattr(self, name, value)
         self._by_kind = {}  # results only travel between processes, not the dispatch
 
     def merge(self, later: MetricCollector) -> None:
+        for kind, n in later.kind_counts.items():
+            self.kind_counts[kind] = self.kind_counts.get(kind, 0) + n
         for name, values in later.samples.items():
             self.samples[name].extend(values)
         for name, buckets in later.buckets.items():
@@ -364,6 +377,8 @@ class MetricCollector:
 
     def values(self) -> dict[str, Sequence[float]]:
         out: dict[str, Sequence[float]] = dict(self.samples)
+        for name, kinds in self.counted.items():
+            out[name] = array("d", [1.0]) * sum(self.kind_counts.get(k, 0) for k in kinds)
         for name, buckets in self.buckets.items():
             seconds = range(min(buckets), max(buckets) + 1) if buckets else range(0)
             out[name] = array("d", (float(buckets.get(s, 0)) for s in seconds))  # a gap is 0/s

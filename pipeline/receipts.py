@@ -284,31 +284,38 @@ def _scan_range(
 
     def bad(reason: str) -> _Range:
         out.error_line, out.error = number, reason
+        if out.lines:
+            out.last_hash, out.last_digest = "sha256:" + last_hex, prev_digest
         return out
 
+    sealed = False
+    last_hex = ""
     for number, line in enumerate(iter_lines(path, start, end), 1):  # noqa: B007
-        if out.sealed:
+        if sealed:
             return bad("receipt after the seal (appended to a finished run)")
-        if len(line) > MAX_LINE:
+        size = len(line)
+        if size > MAX_LINE:
             return bad(f"longer than {MAX_LINE} bytes")
-        if line[-1:] != b"\n":
+        if not line.endswith(b"\n"):
             return bad("truncated: the last line has no newline (a write was cut short)")
-        if line[prefix_at:claimed_at] != HASH_PREFIX:
+        if not line.startswith(HASH_PREFIX, size + prefix_at):
             try:
                 loads(line)
             except orjson.JSONDecodeError:
                 return bad("not JSON")
             return bad("not a chained receipt: no trailing hash field")
-        digest = sha256(line[:prefix_at] + b"}").hexdigest().encode()
+        hexd = sha256(line[:prefix_at] + b"}").hexdigest()
         try:
             record = loads(line)
         except orjson.JSONDecodeError as exc:
             return bad("invalid UTF-8" if "utf-8" in str(exc).lower() else "not JSON")
         if type(record) is not dict:
             return bad("not a JSON object")
-        if digest != line[claimed_at:-3]:
+        digest = hexd.encode()
+        if not line.startswith(digest, size + claimed_at):
             return bad("edited: content does not match its hash")
-        if dumps(record) != line[:-1]:
+        again = dumps(record)
+        if len(again) != size - 1 or not line.startswith(again):
             return bad("not canonical JSON (duplicate keys, whitespace or number format)")
         found = record.get("seq")
         if head is None:
@@ -317,25 +324,29 @@ def _scan_range(
             out.first_seq, out.first_prev = found, record.get("prev")
             if start == 0 and record.get("kind") == "run":
                 out.run = record
+            head = ""
         elif found != seq + 1:
             if digest == prev_digest:
                 return bad(f"duplicated: same as line {number - 1}")
             out.seq_found = found if type(found) is int else None
             return bad("seq")
-        elif record.get("prev") != head:
-            return bad("broken chain: prev is not the hash of the line before")
+        else:
+            prev = record.get("prev")
+            if type(prev) is not str or prev[7:] != last_hex or not prev.startswith("sha256:"):
+                return bad("broken chain: prev is not the hash of the line before")
         seq = found
         if record.get("kind") == "seal":
             problem = _seal_problem(record, key)
             if problem:
                 return bad(problem)
-            out.sealed = True
+            sealed = out.sealed = True
         elif feed is not None:
             feed(record)
         prev_digest = digest
-        head = "sha256:" + digest.decode()
+        last_hex = hexd
         out.lines = number
-        out.last_hash, out.last_digest = head, digest
+    if out.lines:
+        out.last_hash, out.last_digest = "sha256:" + last_hex, prev_digest
     return out
 
 
