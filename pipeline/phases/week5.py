@@ -221,8 +221,17 @@ def do_canary(r: Rollout, percent: int) -> dict[str, Any]:
     write_traffic(r, service, stage)
     before = r.backend.revisions()
     plan = LoadPlan(r.settings.bake_rate, r.settings.bake_s)
-    if plan.duration_s > 0:
-        run_load_stage(r.run, service.uri, plan, stage_name=f"{stage}-bake")
+    if plan.duration_s == 0:  # no bake window configured: a set-weight step, as in Argo
+        r.run.write(
+            "analysis",
+            stage,
+            passed=True,
+            percent=percent,
+            revision=r.state.candidate,
+            skipped="bake_s = 0: weight set and verified, no window to judge",
+        )
+        return {"percent": percent, "note": f"{percent} %, weight verified (no bake window)"}
+    run_load_stage(r.run, service.uri, plan, stage_name=f"{stage}-bake")
     spec = window_gate(r.env, f"{stage}-bake")
     verdict = check(r.run.path, spec, require_seal=False)
     backend = revision_window(
