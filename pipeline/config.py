@@ -145,8 +145,13 @@ class EmulatorSettings(Strict):
     instance_ready_timeout_s: float = Field(30.0, gt=0)
     scale_interval_s: float = Field(0.25, gt=0)
     shutdown_grace_s: float = Field(10.0, ge=0)
-    admin_error_rate: float = Field(0.0, ge=0, le=1)  # fault injection: share of admin calls failing
+    admin_error_rate: float = Field(
+        0.0, ge=0, le=1
+    )  # fault injection: share of admin calls failing
     admin_error_code: Literal[429, 503] = 503
+    queue_timeout_s: float = Field(10.0, gt=0)  # a request waits this long for an instance: 429
+    scale_in_delay_s: float = Field(30.0, ge=0)  # demand stays low this long before scale-in
+    max_instances_per_revision: int = Field(20, gt=0)  # this machine's cap on any template's max
 
 
 class RemoteSettings(Strict):

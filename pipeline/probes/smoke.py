@@ -96,9 +96,7 @@ async def _one(session: Any, base_url: str, test: SmokeTest, timeout: float) -> 
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         latency = (time.perf_counter() - started) * 1000
         reason = (
-            "timeout"
-            if isinstance(exc, TimeoutError)
-            else f"no answer: {exc.__class__.__name__}"
+            "timeout" if isinstance(exc, TimeoutError) else f"no answer: {exc.__class__.__name__}"
         )
         return SmokeResult(test.name, test.path, test.method, 0, round(latency, 3), False, reason)
 
