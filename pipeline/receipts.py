@@ -162,8 +162,8 @@ class ReceiptWriter:
             self.seq += 1
             self.head = digest
             record["hash"] = digest
-        for listener in self._listeners:
-            listener(record)
+            for listener in self._listeners:  # under the lock: listeners see the file's order
+                listener(record)
         return record
 
     def seal(self, key: bytes | None = None) -> dict[str, Any]:
