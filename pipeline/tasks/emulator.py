@@ -1,0 +1,84 @@
+"""`invoke emulator.start|stop|status`: the local Cloud Run (Admin API v2 emulator).
+
+Thin: each task runs `python -m pipeline.emulator <command>` (the emulator is a server; nothing
+outside pipeline/emulator imports it) and exits with its status.
+"""
+
+from invoke import Collection, task
+
+ENV_HELP = "env name (envs/NAME.toml) or path with the [emulator] settings; default cloudrun-local"
+STATE_HELP = "where the emulator keeps its state (default <runs>/emulator, PIPELINE_RUNS_DIR)"
+
+
+def _run(*args):
+    """Run the emulator's command line; Ctrl-C reaches it too, and we wait for it to finish
+    stopping its instances before we exit with its status."""
+    import subprocess
+    import sys
+
+    from invoke.exceptions import Exit
+
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.emulator", *args])
+    while True:
+        try:
+            code = proc.wait()
+            break
+        except KeyboardInterrupt:
+            continue  # the emulator got the same SIGINT and is stopping its instances
+    if code:
+        raise Exit(code=code)
+
+
+@task(
+    help={
+        "port": "port of the Admin API on 127.0.0.1 (default: the env file's, 8089; 0 picks one)",
+        "env": ENV_HELP,
+        "background": "detach and return once it answers; stop it with `invoke emulator.stop`",
+        "state_dir": STATE_HELP,
+    }
+)
+def start(c, port=None, env="cloudrun-local", background=False, state_dir=None):
+    """Serve the Cloud Run Admin API v2 on 127.0.0.1 until Ctrl-C (or, with --background, until
+    `invoke emulator.stop`); services, revisions and traffic come back after a restart."""
+    args = ["start", "--env", env]
+    if port is not None:
+        args += ["--port", str(port)]
+    if state_dir:
+        args += ["--state-dir", state_dir]
+    if background:
+        args.append("--background")
+    _run(*args)
+
+
+@task(
+    help={
+        "state_dir": STATE_HELP,
+        "timeout": "seconds to wait for it to stop its instances before SIGKILL (default 60)",
+        "json": "print one JSON object for scripts",
+    }
+)
+def stop(c, state_dir=None, timeout=60.0, json=False):
+    """Stop the running emulator and every instance it started."""
+    args = ["stop", "--timeout", str(timeout)]
+    if state_dir:
+        args += ["--state-dir", state_dir]
+    if json:
+        args.append("--json")
+    _run(*args)
+
+
+@task(help={"state_dir": STATE_HELP, "json": "print one JSON object for scripts"})
+def status(c, state_dir=None, json=False):
+    """Whether an emulator is running, where, and what it serves."""
+    args = ["status"]
+    if state_dir:
+        args += ["--state-dir", state_dir]
+    if json:
+        args.append("--json")
+    _run(*args)
+
+
+ns = Collection("emulator")
+ns.add_task(start)
+ns.add_task(stop)
+ns.add_task(status, default=True)

@@ -1,0 +1,471 @@
+"""The emulator driven by the official google.cloud.run_v2 clients (REST), running real releases.
+
+One emulator (a subprocess, as users run it) serves the whole module; each test deletes what it
+created at teardown (the `emulator` fixture), so no instance outlives a test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+from typing import Any
+
+import pytest
+from fixtures_emulator import PARENT, get, http_json
+
+from pipeline.waiting import poll
+
+EVENT = (
+    b'{"tenant_id":"test-tenant-001","event_type":"sku_changed",'
+    b'"event_data":{"sku":"professional","timestamp":1234567890}}'
+)
+
+# short queue timeout for the scaling test; everything else as in cloudrun-local
+emulator_settings = {"queue_timeout_s": 1.0, "scale_in_delay_s": 2.0}
+
+
+def run_v2() -> Any:
+    from google.cloud import run_v2 as module
+
+    return module
+
+
+def service_body(image: str, **template: Any) -> Any:
+    v2 = run_v2()
+    container = v2.Container(image=image, **template.pop("container", {}))
+    return v2.Service(template=v2.RevisionTemplate(containers=[container], **template))
+
+
+def target(revision: str = "", percent: int = 0, tag: str = "") -> Any:
+    v2 = run_v2()
+    kind = v2.TrafficTargetAllocationType
+    return v2.TrafficTarget(
+        type_=kind.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
+        if revision
+        else kind.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST,
+        revision=revision,
+        percent=percent,
+        tag=tag,
+    )
+
+
+def short(name: str) -> str:
+    return name.rsplit("/", 1)[-1]
+
+
+def create(emulator: Any, service_id: str, image: str, **template: Any) -> Any:
+    op = emulator.services().create_service(
+        parent=PARENT, service_id=service_id, service=service_body(image, **template)
+    )
+    assert op.operation.done is False, "a create is a long-running operation, polled"
+    return op.result(timeout=90, polling=emulator.POLL)
+
+
+def revisions_answering(url: str, n: int) -> dict[str, int]:
+    seen: dict[str, int] = {}
+    for _ in range(n):
+        status, revision, _body = get(url)
+        assert status == 200
+        seen[revision] = seen.get(revision, 0) + 1
+    return seen
+
+
+@pytest.fixture(scope="module")
+def images(reference_tarball: Any) -> dict[str, str]:
+    return {
+        "v1": f"file://{reference_tarball('none', version='1.0.0')}",
+        "v2": f"file://{reference_tarball('none', version='1.0.1')}",
+        "noready": f"file://{reference_tarball('noready')}",
+    }
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def test_create_get_list_and_serve(emulator, images):
+    svc = create(emulator, "alpha", images["v1"])
+    rev = short(svc.latest_ready_revision)
+    assert re.fullmatch(r"alpha-00001-[a-z]{3}", rev)
+    assert svc.latest_created_revision == svc.latest_ready_revision
+    assert (svc.generation, svc.observed_generation, svc.reconciling) == (1, 1, False)
+    assert svc.terminal_condition.state.name == "CONDITION_SUCCEEDED"
+    assert svc.uri.startswith("http://127.0.0.1:") and list(svc.urls) == [svc.uri]
+    assert [(t.revision, t.percent) for t in svc.traffic_statuses] == [(rev, 100)]
+    assert svc.etag
+    assert get(svc.uri)[:2] == (200, rev)
+
+    create(emulator, "beta", images["v1"])
+    sc = emulator.services()
+    pages = sc.list_services(request={"parent": PARENT, "page_size": 1})
+    assert [short(s.name) for s in pages] == ["alpha", "beta"]  # the pager follows the token
+    again = sc.get_service(name=svc.name)
+    assert (again.uid, again.etag, again.uri) == (svc.uid, svc.etag, svc.uri)
+
+    revision = emulator.revisions().get_revision(name=svc.latest_ready_revision)
+    assert revision.service == svc.name
+    assert revision.max_instance_request_concurrency == 80
+    assert {c.type_: c.state.name for c in revision.conditions}["Ready"] == "CONDITION_SUCCEEDED"
+    assert [short(r.name) for r in emulator.revisions().list_revisions(parent=svc.name)] == [rev]
+
+
+def test_candidate_tag_then_traffic_shift_and_drain(emulator, images):
+    v2 = run_v2()
+    svc = create(emulator, "shift", images["v1"])
+    old = short(svc.latest_ready_revision)
+    svc.template.containers[0].image = images["v2"]
+    svc.template.revision = "shift-candidate"
+    svc.traffic = [target(old, 100), target("shift-candidate", 0, "candidate")]
+    svc = emulator.services().update_service(service=svc).result(timeout=90, polling=emulator.POLL)
+    statuses = {t.revision: t for t in svc.traffic_statuses}
+    assert statuses["shift-candidate"].tag == "candidate"
+    tag_url = statuses["shift-candidate"].uri
+    assert tag_url.startswith("http://127.0.0.1:") and tag_url != svc.uri
+    assert revisions_answering(tag_url, 5) == {"shift-candidate": 5}
+    assert revisions_answering(svc.uri, 5) == {old: 5}
+
+    svc.traffic = [target(old, 50), target("shift-candidate", 50, "candidate")]
+    mask = {"paths": ["traffic"]}
+    svc = (
+        emulator.services()
+        .update_service(request=v2.UpdateServiceRequest(service=svc, update_mask=mask))
+        .result(timeout=60, polling=emulator.POLL)
+    )
+    split = revisions_answering(svc.uri, 60)
+    assert set(split) == {old, "shift-candidate"} and min(split.values()) >= 10
+
+    # a long request on the old revision is in flight when it loses its traffic: it finishes
+    old_instances = [i["pid"] for i in emulator.revision_metrics(svc.name, old)["instance_list"]]
+    long_answer: list[tuple[int, str, bytes]] = []
+    service_url = svc.uri
+    long = threading.Thread(target=lambda: long_answer.append(get(service_url, "/slow?ms=1500")))
+    svc.traffic = [target(old, 100), target("shift-candidate", 0, "candidate")]
+    svc = emulator.services().update_service(service=svc).result(timeout=60, polling=emulator.POLL)
+    long.start()
+    poll(
+        lambda: True if emulator.revision_metrics(svc.name, old)["in_flight"] == 1 else None,
+        timeout=10,
+        what="the long request in flight",
+    )
+    svc.traffic = [target("shift-candidate", 100, "candidate")]
+    svc = emulator.services().update_service(service=svc).result(timeout=60, polling=emulator.POLL)
+    assert revisions_answering(svc.uri, 5) == {"shift-candidate": 5}
+    draining = emulator.revision_metrics(svc.name, old)
+    assert draining["in_flight"] == 1 and draining["instance_states"]["draining"] == 1
+    assert [i["pid"] for i in draining["instance_list"]] == old_instances
+    long.join(30)
+    assert long_answer[0][:2] == (200, old), "an in-flight request finishes on its revision"
+
+    # the old revision drains: no request in flight, then no instance
+    def drained_metrics() -> dict[str, Any] | None:
+        m = emulator.revision_metrics(svc.name, old)
+        return m if m["in_flight"] == 0 and m["instances"] == 0 else None
+
+    drained = poll(drained_metrics, timeout=30, what="the old revision to drain")
+    assert drained["percent"] == 0
+    assert drained["requests"] == 5 + split[old] + 1, "every request it got is counted"
+    retired = emulator.revisions().get_revision(name=f"{svc.name}/revisions/{old}")
+    active = {c.type_: c for c in retired.conditions}["Active"]
+    assert active.revision_reason.name == "RETIRED"
+
+
+def test_stale_etag_is_aborted_and_revision_with_traffic_cannot_be_deleted(emulator, images):
+    from google.api_core import exceptions
+
+    v2 = run_v2()
+    sc = emulator.services()
+    svc = create(emulator, "guard", images["v1"])
+    stale = v2.Service(svc)
+    svc.description = "changed"
+    sc.update_service(service=svc).result(timeout=60, polling=emulator.POLL)
+    stale.description = "lost update"
+    with pytest.raises(exceptions.Conflict) as info:
+        sc.update_service(service=stale)
+    assert info.value.response.json()["error"]["status"] == "ABORTED"
+    with pytest.raises(exceptions.Conflict):
+        sc.delete_service(request=v2.DeleteServiceRequest(name=svc.name, etag=stale.etag))
+
+    rc = emulator.revisions()
+    with pytest.raises(exceptions.BadRequest) as info:
+        rc.delete_revision(name=svc.latest_ready_revision)
+    error = info.value.response.json()["error"]
+    assert error["status"] == "FAILED_PRECONDITION" and "traffic" in error["message"]
+
+    fresh = sc.get_service(name=svc.name)
+    fresh.template.containers[0].image = images["v2"]
+    fresh = sc.update_service(service=fresh).result(timeout=90, polling=emulator.POLL)
+    old = svc.latest_ready_revision
+    assert fresh.latest_ready_revision != old
+    deleted = rc.delete_revision(name=old).result(timeout=60, polling=emulator.POLL)
+    assert deleted.name == old
+    with pytest.raises(exceptions.NotFound):
+        rc.get_revision(name=old)
+
+    op = sc.delete_service(name=svc.name)
+    assert op.result(timeout=60, polling=emulator.POLL).name == svc.name
+    with pytest.raises(exceptions.NotFound):
+        sc.get_service(name=svc.name)
+    assert not emulator.instance_pids()
+
+
+BAD_REQUESTS = [
+    ("unknown service", "get", "nope", "NotFound", "not found"),
+    ("bad service name", "get", "Bad_Name", "BadRequest", "service name"),
+    ("percentages not 100", "traffic", [("", 60)], "BadRequest", "add up to 100"),
+    (
+        "tag on two revisions",
+        "traffic",
+        [("", 100, "t"), ("SELF", 0, "t")],
+        "BadRequest",
+        "tag 't'",
+    ),
+    ("another service's revision", "traffic", [("OTHER", 100)], "BadRequest", "belongs to service"),
+    (
+        "image names no release",
+        "image",
+        "us-docker.pkg.dev/p/r/app:1",
+        "BadRequest",
+        "names no release",
+    ),
+    ("image file missing", "image", "file:///no/such/release.tar.gz", "BadRequest", "no such file"),
+    ("image not a release", "image", "file:///etc/hostname", "BadRequest", "not a release tarball"),
+]
+
+
+@pytest.mark.parametrize(
+    "kind, value, error, message", [b[1:] for b in BAD_REQUESTS], ids=[b[0] for b in BAD_REQUESTS]
+)
+def test_bad_requests_say_what_is_wrong(emulator, images, kind, value, error, message):
+    from google.api_core import exceptions
+
+    sc = emulator.services()
+    svc = create(emulator, "target", images["v1"])
+    other = create(emulator, "other", images["v1"])
+    expected = getattr(exceptions, error)
+    with pytest.raises(expected) as info:
+        if kind == "get":
+            sc.get_service(name=f"{PARENT}/services/{value}")
+        elif kind == "traffic":
+            names = {
+                "SELF": short(svc.latest_ready_revision),
+                "OTHER": short(other.latest_ready_revision),
+            }
+            svc.traffic = [target(names.get(t[0], ""), *t[1:]) for t in value]
+            sc.update_service(service=svc)
+        else:
+            svc.template.containers[0].image = value
+            sc.update_service(service=svc)
+    assert message in str(info.value)
+    assert sc.get_service(name=svc.name).generation == 1, "a refused update changes nothing"
+
+
+def test_a_release_that_never_gets_ready_fails_and_the_old_revision_keeps_serving(emulator, images):
+    from google.api_core import exceptions
+
+    v2 = run_v2()
+    svc = create(emulator, "stuck", images["v1"])
+    good = short(svc.latest_ready_revision)
+    svc.template.containers[0].image = images["noready"]
+    svc.template.containers[0].startup_probe = v2.Probe(
+        http_get=v2.HTTPGetAction(path="/ready"), period_seconds=1, failure_threshold=2
+    )
+    op = emulator.services().update_service(service=svc)
+    with pytest.raises(exceptions.FailedPrecondition) as info:
+        op.result(timeout=60, polling=emulator.POLL)
+    assert "never got ready" in str(info.value) and "not ready after 2 s" in str(info.value)
+    assert revisions_answering(svc.uri, 5) == {good: 5}
+    now = emulator.services().get_service(name=svc.name)
+    assert now.terminal_condition.state.name == "CONDITION_FAILED"
+    assert short(now.latest_ready_revision) == good
+    assert [t.revision for t in now.traffic_statuses] == [good]
+    failed = emulator.revisions().get_revision(name=now.latest_created_revision)
+    ready = {c.type_: c for c in failed.conditions}["Ready"]
+    assert ready.state.name == "CONDITION_FAILED" and "/ready" in ready.message
+
+
+def test_zero_failed_requests_while_traffic_moves_under_constant_load(emulator, images):
+    from pipeline.probes.load import RequestResult, Target, run_open_loop
+
+    svc = create(emulator, "steady", images["v1"])
+    blue = short(svc.latest_ready_revision)
+    svc.template.containers[0].image = images["v2"]
+    svc.template.revision = "steady-green"
+    svc.traffic = [target(blue, 100), target("steady-green", 0, "green")]
+    svc = emulator.services().update_service(service=svc).result(timeout=90, polling=emulator.POLL)
+
+    failures: list[RequestResult] = []
+    done = [0]
+    summary: dict[str, Any] = {}
+    targets = [
+        Target("health", "GET", "/health"),
+        Target(
+            "event",
+            "POST",
+            "/marketplace",
+            EVENT,
+            expect_status=202,
+        ),
+    ]
+
+    def record(result: RequestResult) -> None:
+        done[0] += 1
+        if not result.passed:
+            failures.append(result)
+
+    def load() -> None:
+        summary["s"] = run_open_loop(svc.uri, targets, rate=200, duration_s=4.0, on_result=record)
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    try:
+        for split in ((50, 50), (0, 100), (100, 0), (0, 100)):
+            svc.traffic = [target(blue, split[0]), target("steady-green", split[1], "green")]
+            svc = (
+                emulator.services()
+                .update_service(service=svc)
+                .result(timeout=60, polling=emulator.POLL)
+            )
+            mark = done[0]  # let ~100 requests through on this split before the next move
+            poll(lambda m=mark: True if done[0] >= m + 100 else None, timeout=10, what="requests")
+    finally:
+        thread.join(60)
+    result = summary["s"]
+    assert failures == [] and result.passed == result.scheduled >= 780
+    metrics = {r["revision"]: r for r in emulator.metrics(svc.name)["revisions"]}
+    assert metrics[blue]["requests"] > 50 and metrics["steady-green"]["requests"] > 50
+    assert metrics[blue]["failed"] == metrics["steady-green"]["failed"] == 0
+
+
+def test_a_killed_instance_is_replaced_and_only_its_in_flight_requests_fail(emulator, images):
+    svc = create(
+        emulator, "phoenix", images["v1"], scaling=run_v2().RevisionScaling(min_instance_count=1)
+    )
+    rev = svc.latest_ready_revision
+    [instance] = emulator.revision_metrics(svc.name, rev)["instance_list"]
+    in_flight: list[int] = []
+    slow = threading.Thread(target=lambda: in_flight.append(get(svc.uri, "/slow?ms=5000")[0]))
+    slow.start()
+    poll(
+        lambda: True if emulator.revision_metrics(svc.name, rev)["in_flight"] == 1 else None,
+        timeout=10,
+        what="a request in flight",
+    )
+    os.kill(instance["pid"], signal.SIGKILL)
+    slow.join(30)
+    assert in_flight == [502]
+
+    def replaced() -> dict[str, Any] | None:
+        instances = emulator.revision_metrics(svc.name, rev)["instance_list"]
+        fresh = [i for i in instances if i["pid"] != instance["pid"] and i["state"] == "ready"]
+        return fresh[0] if fresh and len(instances) == 1 else None
+
+    fresh = poll(replaced, timeout=30, what="a replacement instance")
+    assert fresh["id"] != instance["id"]
+    assert revisions_answering(svc.uri, 5) == {short(rev): 5}
+    revision = emulator.revisions().get_revision(name=rev)
+    assert revision.scaling_status.desired_min_instance_count == 1
+    assert emulator.revision_metrics(svc.name, rev)["failed"] == 1
+
+
+def test_operations_can_be_waited_for_got_and_listed(emulator, images):
+    sc = emulator.services()
+    op = sc.create_service(parent=PARENT, service_id="waited", service=service_body(images["v1"]))
+    name = op.operation.name
+    assert re.fullmatch(rf"{PARENT}/operations/[-0-9a-f]+", name)
+    waited = sc.wait_operation(request={"name": name, "timeout": {"seconds": 60}})
+    assert waited.done and not waited.HasField("error")
+    assert waited.response.type_url == "type.googleapis.com/google.cloud.run.v2.Service"
+    assert sc.get_operation(request={"name": name}).done
+    listed = sc.list_operations(request={"name": PARENT})
+    assert name in [o.name for o in listed.operations]
+    sc.delete_operation(request={"name": name})
+    from google.api_core import exceptions
+
+    with pytest.raises(exceptions.NotFound):
+        sc.get_operation(request={"name": name})
+
+
+def test_concurrency_scales_out_to_max_then_queues_then_429(emulator, images):
+    v2 = run_v2()
+    svc = create(
+        emulator,
+        "busy",
+        images["v1"],
+        max_instance_request_concurrency=1,
+        scaling=v2.RevisionScaling(max_instance_count=2),
+    )
+    rev = svc.latest_ready_revision
+    results: list[tuple[int, str]] = []
+
+    def slow(ms: int) -> None:
+        status, revision, _ = get(svc.uri, f"/slow?ms={ms}", timeout=30)
+        results.append((status, revision))
+
+    # two slow requests fill both instances (one cold start, < 2.5 s); the next ones queue
+    # (1 s queue timeout here) and give up well before a slow one is done
+    threads = [threading.Thread(target=slow, args=(4000,)) for _ in range(2)]
+    threads += [threading.Thread(target=slow, args=(10,)) for _ in range(2)]
+    for t in threads[:2]:
+        t.start()
+    poll(
+        lambda: True if emulator.revision_metrics(svc.name, rev)["in_flight"] == 2 else None,
+        timeout=30,
+        what="two requests in flight",
+    )
+    for t in threads[2:]:
+        t.start()
+    for t in threads:
+        t.join(60)
+    statuses = sorted(s for s, _ in results)
+    assert statuses == [200, 200, 429, 429], "past max instances a request waits 1 s, then 429"
+    metrics = emulator.revision_metrics(svc.name, rev)
+    assert metrics["rejected"] == 2 and metrics["max_instances"] == 2
+    assert max(i["requests"] for i in metrics["instance_list"]) >= 1 and metrics["instances"] == 2
+    # scale in once demand is gone (scale_in_delay_s = 2 here)
+    poll(
+        lambda: True if emulator.revision_metrics(svc.name, rev)["instances"] == 0 else None,
+        timeout=30,
+        what="scale-in to zero",
+    )
+
+
+def test_injected_admin_faults(emulator, images):
+    from google.api_core import exceptions
+
+    sc = emulator.services()
+    svc = create(emulator, "flaky", images["v1"])
+    emulator.faults(1.0, 503, count=1)
+    assert sc.get_service(name=svc.name).name == svc.name, "get retries a 503 by default"
+    emulator.faults(1.0, 429, count=1)
+    with pytest.raises(exceptions.TooManyRequests) as info:
+        sc.get_service(name=svc.name)
+    assert info.value.response.json()["error"]["status"] == "RESOURCE_EXHAUSTED"
+    assert sc.get_service(name=svc.name).name == svc.name
+    status, faults = http_json(emulator.url, "GET", "/emulator/v1/faults")
+    assert status == 200 and faults["injected"] == 1
+    assert get(svc.uri)[0] == 200, "faults touch the admin API only"
+
+
+def test_metrics_endpoint_shape_and_receipts(emulator, images):
+    svc = create(emulator, "watched", images["v1"])
+    for _ in range(5):
+        assert get(svc.uri)[0] == 200
+    metrics = emulator.metrics(svc.name, window_s=60)
+    [rev] = metrics["revisions"]
+    assert metrics["uri"] == svc.uri and metrics["window_s"] == 60
+    assert rev["requests"] == 5 and rev["responses"]["2xx"] == 5 and rev["in_flight"] == 0
+    assert rev["latency_ms"]["count"] == 5 and rev["latency_ms"]["p50"] > 0
+    [inst] = rev["instance_list"]
+    assert inst["state"] == "ready" and inst["requests"] == 5 and inst["rss_mb"] > 10
+    status, body = http_json(
+        emulator.url, "GET", f"/emulator/v1/{svc.name}/metrics?format=receipts"
+    )
+    assert status == 200
+    kinds = [(r["kind"], r["scope"]) for r in body["receipts"]]
+    assert kinds == [("metrics", "revision"), ("metrics", "instance")]
+    status, logs = http_json(
+        emulator.url, "GET", f"/emulator/v1/{svc.latest_ready_revision}/logs?lines=5"
+    )
+    assert status == 200 and logs["instances"][0]["lines"]
+    assert http_json(emulator.url, "GET", f"/emulator/v1/{PARENT}/services/ghost/metrics")[0] == 404

@@ -1,0 +1,227 @@
+"""The emulator's life: restart with its state, death by SIGKILL, the invoke tasks, config."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fixtures_emulator import PARENT, get, http_json, release_pids
+
+from pipeline.waiting import poll
+
+REPO = Path(__file__).resolve().parent.parent
+INVOKE = REPO / ".venv" / "bin" / "invoke"
+
+
+def deploy_tagged(emu: Any, image: str, image2: str) -> Any:
+    """A service at min 1 instance whose second revision has a tag and no traffic."""
+    from google.cloud import run_v2 as v2
+
+    kind = v2.TrafficTargetAllocationType
+    sc = emu.services()
+    svc = v2.Service(
+        template=v2.RevisionTemplate(
+            containers=[v2.Container(image=image)],
+            scaling=v2.RevisionScaling(min_instance_count=1),
+        )
+    )
+    svc = sc.create_service(parent=PARENT, service_id="keep", service=svc).result(
+        timeout=90, polling=emu.POLL
+    )
+    first = svc.latest_ready_revision.rsplit("/", 1)[1]
+    svc.template.containers[0].image = image2
+    svc.template.revision = "keep-next"
+    svc.traffic = [
+        v2.TrafficTarget(
+            type_=kind.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION, revision=first, percent=100
+        ),
+        v2.TrafficTarget(
+            type_=kind.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION, revision="keep-next", tag="next"
+        ),
+    ]
+    return sc.update_service(service=svc).result(timeout=90, polling=emu.POLL)
+
+
+def ready_instances(emu: Any, service: str) -> int | None:
+    counts = [r["instance_states"]["ready"] for r in emu.metrics(service)["revisions"]]
+    return sum(counts) if counts else None
+
+
+def test_a_restart_brings_back_services_revisions_traffic_and_instances(
+    start_emulator, reference_tarball
+):
+    emu = start_emulator()
+    image = f"file://{reference_tarball('none')}"
+    image2 = f"file://{reference_tarball('none', version='1.0.1')}"
+    before = deploy_tagged(emu, image, image2)
+    tag_url = {t.tag: t.uri for t in before.traffic_statuses}["next"]
+    assert get(tag_url)[:2] == (200, "keep-next")
+    assert len(emu.instance_pids()) == 2
+
+    assert emu.stop() == 0
+    assert release_pids(emu.state_dir) == [], "stopping the emulator stops every instance"
+    state = json.loads((emu.state_dir / "state.json").read_text())
+    assert [s["name"] for s in state["services"]] == [before.name]
+
+    emu.start()
+    after = emu.services().get_service(name=before.name)
+    assert (after.uid, after.etag, after.generation) == (before.uid, before.etag, before.generation)
+    assert after.uri == before.uri, "the service URL survives the restart"
+    assert [(t.revision, t.percent, t.tag, t.uri) for t in after.traffic_statuses] == [
+        (t.revision, t.percent, t.tag, t.uri) for t in before.traffic_statuses
+    ]
+    poll(
+        lambda: True if ready_instances(emu, before.name) == 2 else None, timeout=30, what="2 ready"
+    )
+    assert get(before.uri)[0] == 200 and get(tag_url)[:2] == (200, "keep-next")
+    revs = [r.name for r in emu.revisions().list_revisions(parent=before.name)]
+    assert len(revs) == 2
+
+    # killed outright, the emulator still takes its instances with it (its host sees EOF)
+    assert emu.stop(kill=True) == -9
+    poll(lambda: True if not release_pids(emu.state_dir) else None, timeout=15, what="no instance")
+    emu.start()
+    assert emu.services().get_service(name=before.name).etag == before.etag
+    poll(
+        lambda: True if ready_instances(emu, before.name) == 2 else None, timeout=30, what="2 ready"
+    )
+
+
+def test_invoke_tasks_start_in_background_report_status_and_stop(tmp_path):
+    state = str(tmp_path / "state")
+
+    def invoke(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(INVOKE), *args], cwd=REPO, capture_output=True, text=True, timeout=120
+        )
+
+    started = invoke("emulator.start", "--background", "--port", "0", "--state-dir", state)
+    assert started.returncode == 0, started.stderr
+    assert "running in the background at http://127.0.0.1:" in started.stdout
+    assert "invoke emulator.stop" in started.stdout
+    try:
+        status = invoke("emulator.status", "--state-dir", state, "--json")
+        facts = json.loads(status.stdout)
+        assert facts["running"] and facts["answering"] and facts["services"] == []
+        code, body = http_json(facts["url"], "GET", f"/v2/{PARENT}/services")
+        assert (code, body) == (200, {"services": []})
+
+        again = invoke("emulator.start", "--background", "--port", "0", "--state-dir", state)
+        assert again.returncode == 2
+        assert again.stderr.strip().splitlines()[-1].startswith("error: emulator: already running")
+    finally:
+        stopped = invoke("emulator.stop", "--state-dir", state)
+    assert stopped.returncode == 0 and "emulator: stopped" in stopped.stdout
+    after = json.loads(invoke("emulator.status", "--state-dir", state, "--json").stdout)
+    assert after["running"] is False
+
+
+@pytest.mark.parametrize(
+    "settings, status, google_status",
+    [
+        ({"admin_error_rate": 1.0, "admin_error_code": 429}, 429, "RESOURCE_EXHAUSTED"),
+        ({"admin_error_rate": 1.0, "admin_error_code": 503}, 503, "UNAVAILABLE"),
+        ({"admin_error_rate": 0.0}, 200, None),
+    ],
+    ids=["429 from the env file", "503 from the env file", "none"],
+)
+def test_fault_injection_from_the_env_file(start_emulator, settings, status, google_status):
+    emu = start_emulator(settings=settings, in_process=True)
+    code, body = http_json(emu.url, "GET", f"/v2/{PARENT}/services")
+    assert code == status
+    if google_status:
+        assert body["error"]["status"] == google_status and body["error"]["code"] == status
+
+
+def test_a_busy_port_or_a_bad_env_is_one_line_and_exit_2(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cmd = [sys.executable, "-m", "pipeline.emulator", "serve", "--port", str(port)]
+        out = subprocess.run(
+            [*cmd, "--state-dir", str(tmp_path / "a")], capture_output=True, text=True, timeout=60
+        )
+    assert out.returncode == 2
+    assert (
+        out.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: emulator: cannot listen on 127.0.0.1:{port}")
+    )
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        f'extends = "{REPO}/envs/cloudrun-local.toml"\n[emulator]\nqueue_timeout_s = -1\n'
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.emulator",
+            "serve",
+            "--env",
+            str(bad),
+            "--state-dir",
+            str(tmp_path / "b"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "key emulator.queue_timeout_s" in out.stderr.strip().splitlines()[-1]
+
+
+def test_ctrl_c_on_a_foreground_invoke_start_stops_every_instance(tmp_path, reference_tarball):
+    import os
+    import signal
+
+    from pipeline.emulator import daemon
+
+    state = tmp_path / "state"
+    proc = subprocess.Popen(
+        [str(INVOKE), "emulator.start", "--port", "0", "--state-dir", str(state)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the "terminal" we press Ctrl-C in
+    )
+    try:
+        reg = poll(
+            lambda: r if (r := daemon.read_registry(state)) and daemon.probe(r["url"]) else None,
+            timeout=60,
+            what="the emulator",
+        )
+        code, _ = http_json(
+            reg["url"],
+            "POST",
+            f"/v2/{PARENT}/services?serviceId=fg",
+            {"template": {"containers": [{"image": f"file://{reference_tarball('none')}"}]}},
+        )
+        assert code == 200
+        poll(
+            lambda: (
+                True
+                if http_json(reg["url"], "GET", f"/v2/{PARENT}/services/fg")[1].get(
+                    "latestReadyRevision"
+                )
+                else None
+            ),
+            timeout=60,
+            what="a ready revision",
+        )
+        assert release_pids(state)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches invoke and the emulator alike
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, out
+    assert b"emulator: stopped" in out
+    assert release_pids(state) == []
+    assert daemon.status(state)["running"] is False
