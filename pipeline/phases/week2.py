@@ -25,8 +25,6 @@ native comparison run) is removed at the end, also after a failed stage or Ctrl-
 
 from __future__ import annotations
 
-import os
-import platform
 import shutil
 import tempfile
 import threading
@@ -138,6 +136,7 @@ class Rehearsal:
         self.native = Measured()
         self.constraints: list[Constraint] = []
         self.oom_reported = False
+        self.host: dict[str, Any] = {}
         self.cpu_samples: list[float] = []
         self.rss_samples: list[float] = []
         run.writer.subscribe(self._collect)
@@ -156,6 +155,12 @@ class Rehearsal:
     @property
     def instance(self) -> Any:
         return self.live.instance
+
+    def host_info(self) -> dict[str, Any]:
+        """The kernel and CPUs of the host the sandbox runs on (the runtime's, maybe remote)."""
+        if not self.host:
+            self.host = dict(self.runtime.host_info())
+        return self.host
 
     # ------------------------------------------------------------ the stages
 
@@ -183,6 +188,7 @@ class Rehearsal:
     def environment(self) -> None:
         with self.run.stage("environment") as stage:
             runsc = self.runtime.runsc.info()
+            host = self.host_info()
             limits = self.runtime.limits
             probe = self.runtime.probe(self.run.writer.run_id)
             reading = probe.cgroup
@@ -202,9 +208,9 @@ class Rehearsal:
                 "environment",
                 "environment",
                 **runsc,
-                host_kernel=platform.release(),
+                host_kernel=host.get("kernel"),
                 cgroup="v1",
-                host_cpus=os.cpu_count(),
+                host_cpus=host.get("cpus"),
                 network=self.env.sandbox.network,
                 limits=limits.as_receipt(),
                 applied=applied,
@@ -550,7 +556,7 @@ class Rehearsal:
             return dead
         uname = self.instance.exec(["uname", "-r"]).stdout.strip()
         dmesg = self.instance.exec(["dmesg"]).stdout.splitlines()
-        host = platform.release()
+        host = self.host_info().get("kernel")
         gvisor = bool(dmesg) and "gVisor" in dmesg[0]
         passed = bool(uname) and uname != host and gvisor
         return Constraint(
@@ -581,7 +587,8 @@ class Rehearsal:
         return Constraint("network_overhead", passed, proof, evidence)
 
     def measure_native(self) -> None:
-        """The same extracted release as a child process here, under the same load."""
+        """The same release as a plain process on the sandbox's host (the runtime's native()),
+        under the same load, probed the same way."""
         from pipeline.probes.load import Tick, run_open_loop
         from pipeline.probes.smoke import run_smoke
 
@@ -637,7 +644,13 @@ class Rehearsal:
                 )
             finally:
                 self.run.view.load_finished()
-            self.run.write("summary", "constraints", runtime="process", **summary.as_receipt())
+            self.run.write(
+                "summary",
+                "constraints",
+                runtime="process",
+                where=getattr(instance, "facts", None),  # e.g. the remote host, as for startup
+                **summary.as_receipt(),
+            )
             self.native.p50_ms, self.native.p95_ms = summary.p50_ms, summary.p95_ms
             self.native.rps, self.native.completed = summary.achieved_rps, summary.completed
         finally:
@@ -815,7 +828,6 @@ def run_week2(
     plan = LoadPlan.of(env.profile(settings.load_profile or "week3"), rate, duration)
     spec = env.gate_spec(settings.gate or "week2")
     runtime = runtime_factory(env)  # runsc missing → PipelineError with the install command
-    from pipeline.runtime.process import ProcessRuntime
 
     workdir = Path(tempfile.mkdtemp(prefix="taiea-week2-"))
     rehearsal: Rehearsal | None = None
@@ -827,7 +839,7 @@ def run_week2(
         if on_record is not None:
             run.writer.subscribe(on_record)
         live = LiveRelease(run, tarball, workdir, env.start.port if port is None else port, runtime)
-        rehearsal = Rehearsal(run, live, plan, info, ProcessRuntime())
+        rehearsal = Rehearsal(run, live, plan, info, runtime.native())
         run.begin(
             info.as_receipt(),
             runtime=runtime.name,

@@ -24,6 +24,7 @@ import contextlib
 import errno
 import json
 import os
+import platform
 import re
 import shutil
 import signal
@@ -695,7 +696,18 @@ class GvisorRuntime:
         self.limits = Limits.of(settings)
         self.runsc = Runsc(runsc_path)
 
-    def sandbox_env(self, spec_env: dict[str, str], port: int, host: str) -> dict[str, str]:
+    def host_info(self) -> dict[str, Any]:
+        """The host the sandboxes run on: its kernel release and CPU count."""
+        return {"kernel": platform.release(), "cpus": os.cpu_count()}
+
+    def native(self) -> Any:
+        """The runtime for the native comparison run: the release as a process on this host."""
+        from pipeline.runtime.process import ProcessRuntime
+
+        return ProcessRuntime()
+
+    @staticmethod
+    def sandbox_env(spec_env: dict[str, str], port: int, host: str) -> dict[str, str]:
         """The release's environment inside the sandbox: the env file's values, with the
         paths that only exist there (TMPDIR, HOME, the crash dump on the tmpfs)."""
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}

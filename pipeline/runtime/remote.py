@@ -29,10 +29,22 @@ phase as on this machine; only where the release runs changes. One SSH connectio
   serves each connection over a ``direct-tcpip`` channel of the same SSH connection, so the
   readiness, smoke and load probes run here against ``instance.url``.
 - Stats: ``/proc/<pid>/stat`` of the release's process tree (RSS pages and CPU ticks), read over
-  SSH; CPU percent from the host's own uptime between samples. logs(n) tails the remote log.
+  SSH; CPU percent from the host's own uptime between samples (gvisor: memory from the sandbox's
+  cgroup, CPU from ``runsc events --stats``, as runtime/gvisor.py). logs(n) tails the remote log;
+  the release's stdout receipts are counted live (``tail -f --pid`` on a channel of its own).
 - The env file names the runtime on the host: `process`, or `gvisor` when runsc is there (the same
   OCI config as runtime/gvisor.py, written to a bundle in the run dir; the memory cgroup is made
   first so its limit holds).
+
+Week 2 on the host (`invoke phase2.week2 --host …`): with gvisor the runtime and its instances
+offer what runtime/gvisor.py's do, each done on the host over SSH with every argument quoted —
+``runsc`` (RemoteRunsc: gvisor.Runsc's subcommands and parsing: info, state, events, exec, ps,
+list), ``limits``, ``sandbox_env``, ``probe()`` (a short sandbox with the limits, its cgroup read
+back), ``host_info()`` (the host's kernel and CPUs), ``native()`` (the same host, the release as a
+process: the comparison run), and per instance ``cgroup()``, ``oom_kill()``, ``exec()``, ``ps()``,
+``sandbox_pid()``, ``final``, ``oom`` and ``sandbox`` (id, bundle, leftovers). At the stop the
+cgroup is read once more before the wrapper removes it (an OOM kill's evidence), then the
+container, cgroups and run dir are removed and that is checked on the host.
 
 Failures are bounded and clear: connection refused, timeouts, authentication failure, a full
 remote disk, a host that goes away mid-phase. Until the release runs, `start()` does not raise: a
@@ -45,6 +57,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import json
 import logging
 import os
 import re
@@ -52,11 +65,12 @@ import secrets
 import selectors
 import shlex
 import socket
+import subprocess
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +78,10 @@ import paramiko
 
 from pipeline import release as releases
 from pipeline.errors import PipelineError
+from pipeline.runtime import gvisor
 from pipeline.runtime.base import Capture, LaunchSpec, StartupFailed, Stats
 from pipeline.runtime.readiness import NotReady, wait_until_ready
+from pipeline.waiting import WaitTimeout, poll
 
 # paramiko logs every refused forward (each readiness poll before the release listens) as a
 # warning; with no handler Python would print them. Failures here are reported as receipts.
@@ -74,6 +90,7 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 LOST_STATUS = 255  # the release's state is unknown: the connection is gone (ssh's own code)
 LOG_LINES = 500
 LOG_FETCH_BYTES = 8 << 20
+FOLLOW_DRAIN_S = 3.0  # tail -f --pid notices the release's exit within its 0.1 s interval
 TOOLS = (
     "tar",
     "sha256sum",
@@ -499,6 +516,257 @@ def tree_usage(stat_text: str, root: int) -> tuple[int, int, int]:
     )
 
 
+# ------------------------------------------------------------------------------ gVisor on the host
+
+
+def remote_base(conn: Connection, configured: str, home: str) -> str:
+    """The remote dir (``[remote] dir``, ``~`` the user's home) with uploads/ and runs/ in it."""
+    base = configured
+    if base == "~" or base.startswith("~/"):
+        base = home.rstrip("/") + base[1:]
+    if not base.startswith("/"):
+        base = f"{home.rstrip('/')}/{base}"
+    base = base.rstrip("/") or "/"
+    conn.must(
+        f"umask 077 && mkdir -p -- {q(base + '/uploads')} {q(base + '/runs')}",
+        f"creating {base}",
+    )
+    return base
+
+
+def run_dir(base: str, run_id: str, role: str = "") -> str:
+    """A fresh run dir's path: <base>/runs/<run id>[-role]-<random>."""
+    run = _UNSAFE_ID.sub("-", run_id)[:64] or "run"
+    return f"{base}/runs/{run}{'-' + role if role else ''}-{secrets.token_hex(3)}"
+
+
+class RemoteRunsc(gvisor.Runsc):
+    """runsc on the host: gvisor.Runsc's subcommands and parsing, each command run over SSH with
+    every argument quoted, bounded on the host by `timeout`, stdout and stderr kept apart.
+
+    With `conn` (an instance's connection) every command uses it; without (the runtime's own
+    calls, before any instance), each command opens a connection with `connect` and closes it.
+    A lost connection is a failed command (status -1), as a hung local runsc is."""
+
+    def __init__(
+        self,
+        path: str,
+        conn: Connection | None = None,
+        connect: Callable[[], Connection] | None = None,
+    ):
+        super().__init__(path)
+        self.conn = conn
+        self.connect = connect
+
+    def _run(
+        self, *args: str, timeout: float = gvisor.COMMAND_TIMEOUT_S
+    ) -> subprocess.CompletedProcess[str]:
+        argv = [self.path, *args]
+        try:
+            if self.conn is not None:
+                return self._over(self.conn, argv, timeout)
+            if self.connect is None:
+                raise RemoteFailure("not connected to the host")
+            conn = self.connect()
+            try:
+                return self._over(conn, argv, timeout)
+            finally:
+                conn.close()
+        except RemoteFailure as exc:
+            return subprocess.CompletedProcess(argv, -1, "", str(exc))
+
+    @staticmethod
+    def _over(
+        conn: Connection, argv: list[str], timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        marker = f"__taiea_stderr_{secrets.token_hex(6)}__"
+        script = (
+            "e=$(mktemp) || exit 125; "
+            f'timeout {timeout:g} {" ".join(q(a) for a in argv)} 2>"$e"; s=$?; '
+            f'printf \'\\n%s\\n\' {marker}; cat -- "$e"; rm -f -- "$e"; exit "$s"'
+        )
+        done = conn.run(script, timeout=timeout + conn.command_timeout)
+        out, sep, err = done.output.rpartition(f"\n{marker}\n")
+        if not sep:
+            out, err = done.output, ""
+        if done.status == 124:  # timeout(1): as gvisor.Runsc reports a hung command
+            message = f"runsc {' '.join(argv[1:])}: no answer after {timeout:g} s"
+            return subprocess.CompletedProcess(argv, -1, out, message)
+        return subprocess.CompletedProcess(argv, done.status, out, err)
+
+
+_CGROUP_FILES = (
+    ("memory", "memory.limit_in_bytes"),
+    ("memory", "memory.usage_in_bytes"),
+    ("memory", "memory.max_usage_in_bytes"),
+    ("memory", "memory.failcnt"),
+    ("memory", "memory.oom_control"),
+    ("memory", "cgroup.procs"),
+    ("cpu", "cpu.cfs_quota_us"),
+    ("cpu", "cpu.cfs_period_us"),
+    ("cpu", "cpu.stat"),
+    ("cpu", "cgroup.procs"),
+)
+NO_CGROUP = gvisor.CgroupReading(None, None, None, None, None, None, None, None, (), ())
+
+
+def read_cgroup(conn: Connection, cid: str) -> gvisor.CgroupReading:
+    """The sandbox's cgroup (v1) on the host, every file in one command; what cannot be read
+    (a file gone, the connection lost) is None, as gvisor.Cgroup.read() has it."""
+    paths = " ".join(q(f"{gvisor.CGROUP_ROOT}/{c}/{cid}/{name}") for c, name in _CGROUP_FILES)
+    try:
+        done = conn.run(
+            f'for f in {paths}; do printf "\\n@@ %s\\n" "$f"; cat -- "$f" 2>/dev/null; done'
+        )
+    except RemoteFailure:
+        return NO_CGROUP
+    return parse_cgroup(done.output)
+
+
+def parse_cgroup(text: str) -> gvisor.CgroupReading:
+    files: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("@@ "):
+            parts = line[3:].strip().split("/")
+            current = files.setdefault(f"{parts[-3]}/{parts[-1]}", []) if len(parts) > 3 else None
+        elif current is not None and line.strip():
+            current.append(line)
+
+    def number(key: str) -> int | None:
+        try:
+            return int(files[key][0].split()[0])
+        except (KeyError, IndexError, ValueError):
+            return None
+
+    def keyed(key: str, name: str) -> int | None:
+        for line in files.get(key, []):
+            word, _, value = line.partition(" ")
+            if word == name:
+                with contextlib.suppress(ValueError):
+                    return int(value)
+        return None
+
+    def pids(key: str) -> tuple[int, ...]:
+        return tuple(int(p) for line in files.get(key, []) for p in line.split() if p.isdigit())
+
+    return gvisor.CgroupReading(
+        memory_limit_bytes=number("memory/memory.limit_in_bytes"),
+        memory_usage_bytes=number("memory/memory.usage_in_bytes"),
+        memory_max_usage_bytes=number("memory/memory.max_usage_in_bytes"),
+        memory_failcnt=number("memory/memory.failcnt"),
+        oom_kills=keyed("memory/memory.oom_control", "oom_kill"),
+        cpu_quota_us=number("cpu/cpu.cfs_quota_us"),
+        cpu_period_us=number("cpu/cpu.cfs_period_us"),
+        cpu_throttled=keyed("cpu/cpu.stat", "nr_throttled"),
+        memory_procs=pids("memory/cgroup.procs"),
+        cpu_procs=pids("cpu/cgroup.procs"),
+    )
+
+
+def oom_of(
+    status: int, reading: gvisor.CgroupReading, limits: gvisor.Limits
+) -> gvisor.OomKill | None:
+    """An OOM kill, when a sandbox that died on its own shows one (exit 137, the cgroup's
+    failcnt or oom_kill), as gvisor.GvisorInstance.oom_kill() judges it."""
+    failcnt, kills = reading.memory_failcnt or 0, reading.oom_kills or 0
+    if status != gvisor.OOM_STATUS or not (failcnt or kills):
+        return None
+    return gvisor.OomKill(
+        exit_status=status,
+        failcnt=failcnt,
+        oom_kills=kills,
+        max_usage_mb=round((reading.memory_max_usage_bytes or 0) / gvisor.MIB, 3),
+        limit_mb=round((reading.memory_limit_bytes or limits.memory_bytes) / gvisor.MIB, 3),
+    )
+
+
+def runsc_log(conn: Connection | None, path: str | None, n: int = 50) -> list[str]:
+    """runsc's own log on the host, its messages unwrapped, each line prefixed ``runsc: ``."""
+    if conn is None or path is None or not conn.active():
+        return []
+    try:
+        done = conn.run(f"tail -n {int(n)} -- {q(path)} 2>/dev/null")
+    except RemoteFailure:
+        return []
+    return [
+        f"runsc: {gvisor._log_message(line)}" for line in done.output.splitlines() if line.strip()
+    ]
+
+
+def sandbox_leftovers(conn: Connection, runsc: str, cid: str, work: str | None) -> list[str]:
+    """What of a sandbox is still on the host: its container, cgroup dirs, run dir."""
+    script = (
+        f"{q(runsc)} list -quiet 2>/dev/null </dev/null | while IFS= read -r id; do "
+        f'[ "$id" = {q(cid)} ] && printf \'runsc container %s\\n\' "$id"; done; '
+        f'for d in {gvisor.CGROUP_ROOT}/*/{q(cid)}; do [ -d "$d" ] && printf "%s\\n" "$d"; done; '
+    )
+    if work is not None:
+        script += f"[ -e {q(work)} ] && printf '%s\\n' {q(work)}; "
+    done = conn.run(script + "true")
+    return [line for line in done.output.splitlines() if line.strip()]
+
+
+def remove_sandbox(
+    conn: Connection | None, runsc: str, cid: str, work: str | None, timeout: float = 10.0
+) -> list[str]:
+    """Delete the container, rmdir its cgroups (they empty once its tasks are gone), remove
+    the run dir; polled until nothing is left. Returns what is left ([] when all is gone)."""
+    if conn is None or not conn.active():
+        why = conn.lost if conn is not None and conn.lost else "not connected"
+        return [f"not verified on the host: {why}"]
+    remove = (
+        f"{q(runsc)} list -quiet 2>/dev/null </dev/null | while IFS= read -r id; do "
+        f'[ "$id" = {q(cid)} ] && {q(runsc)} delete -force {q(cid)} </dev/null; done; '
+        f'for d in {gvisor.CGROUP_ROOT}/*/{q(cid)}; do [ -d "$d" ] && rmdir "$d"; done; '
+        + (f"rm -rf -- {q(work)}; " if work is not None else "")
+        + "true"
+    )
+    left: list[str] = []
+
+    def gone() -> bool | None:
+        nonlocal left
+        left = sandbox_leftovers(conn, runsc, cid, work)
+        if not left:
+            return True
+        conn.run(remove, timeout=conn.command_timeout + 30)
+        return None
+
+    try:
+        poll(gone, timeout=timeout, interval=0.1, what=f"sandbox {cid} to be removed")
+    except WaitTimeout:
+        pass
+    except RemoteFailure as exc:
+        return [f"not verified on the host: {exc}"]
+    return left
+
+
+def boot_total_memory(conn: Connection, pid: Any) -> int | None:
+    """The `--total-memory` runsc gave the sandbox's sentry, from its command line on the host."""
+    if not isinstance(pid, int) or pid <= 0:
+        return None
+    try:
+        done = conn.run(f"tr '\\0' '\\n' < /proc/{int(pid)}/cmdline")
+    except RemoteFailure:
+        return None
+    argv = done.output.splitlines()
+    for flag, value in zip(argv, argv[1:], strict=False):
+        if flag == "--total-memory":
+            with contextlib.suppress(ValueError):
+                return int(value)
+    return None
+
+
+@dataclass
+class RemoteSandbox:
+    """A gVisor sandbox on the host: its container id, its bundle dir, and what its removal
+    left there (the names week 2 writes into its receipts)."""
+
+    id: str
+    bundle: str | None = None
+    leftovers: list[str] = field(default_factory=list)
+
+
 # ------------------------------------------------------------------------------ the runtime
 
 
@@ -660,6 +928,219 @@ class RemoteRuntime:
             raise
         return instance
 
+    # --- gvisor on the host: what week 2 asks of a sandbox runtime (as runtime/gvisor.py has it)
+
+    @property
+    def runsc_name(self) -> str:
+        return str(getattr(self.sandbox, "runsc", "runsc") or "runsc")
+
+    @property
+    def limits(self) -> gvisor.Limits:
+        if self.sandbox is None:
+            raise PipelineError("the remote runtime has no [sandbox] settings (runtime gvisor)")
+        return gvisor.Limits.of(self.sandbox)
+
+    sandbox_env = staticmethod(gvisor.GvisorRuntime.sandbox_env)
+
+    @property
+    def runsc(self) -> RemoteRunsc:
+        """runsc on the host, before any instance: each command on a connection of its own."""
+        return RemoteRunsc(self.runsc_name, connect=self.connect)
+
+    def host_info(self) -> dict[str, Any]:
+        """The host's kernel release and CPU count (None each when it cannot be reached)."""
+        facts: dict[str, Any] = {"host": str(self.target), "kernel": None, "cpus": None}
+        try:
+            conn = self.connect()
+        except RemoteFailure as exc:
+            return {**facts, "error": str(exc)}
+        try:
+            words = conn.run("uname -r; getconf _NPROCESSORS_ONLN").output.split()
+        except RemoteFailure as exc:
+            return {**facts, "error": str(exc)}
+        finally:
+            conn.close()
+        if len(words) >= 2 and words[1].isdigit():
+            facts.update(kernel=words[0], cpus=int(words[1]))
+        return facts
+
+    def native(self) -> RemoteRuntime:
+        """The native comparison run: the same host, the same connection settings, the release
+        as a plain process (like with like: probed through the same kind of forwarded port)."""
+        twin = RemoteRuntime(
+            self.target,
+            identity=self.identity,
+            known_hosts=self.known_hosts,
+            accept_new_host_key=self.accept_new_host_key,
+            options=self.options,
+            inner="process",
+            sandbox=self.sandbox,
+            tarball=self.tarball,
+            preflight=False,
+        )
+        twin.unreachable = self.unreachable
+        return twin
+
+    def probe(self, run_id: str, timeout: float = 15.0) -> gvisor.ProbeReport:
+        """gvisor.GvisorRuntime.probe() on the host: a sandbox with the limits and a shell
+        instead of the release, its cgroup read back while it runs, then removed. Its run dir
+        (bundle, runsc log) is under the remote dir; a watchdog on the host removes it all when
+        the connection goes, whatever happens here."""
+        cid = gvisor.container_id(run_id, "probe")
+        try:
+            conn = self.connect()
+        except RemoteFailure as exc:
+            return gvisor.ProbeReport(cid, False, None, None, None, {}, str(exc), [], [])
+        probe = _Probe(self, conn, cid)
+        try:
+            return probe.run(run_id, timeout)
+        finally:
+            conn.close()
+
+
+class _Probe:
+    """One probe sandbox on the host (RemoteRuntime.probe)."""
+
+    def __init__(self, runtime: RemoteRuntime, conn: Connection, cid: str):
+        self.runtime = runtime
+        self.conn = conn
+        self.cid = cid
+        self.runsc = RemoteRunsc(runtime.runsc_name, conn=conn)
+        self.work: str | None = None
+        self.lines: deque[str] = deque(maxlen=200)
+        self.exit: int | None = None
+        self.marker = f"__taiea_probe_exit_{secrets.token_hex(6)}__"
+
+    def run(self, run_id: str, timeout: float) -> gvisor.ProbeReport:
+        reading, total, error, pid, inside = None, None, None, None, {}
+        chan: paramiko.Channel | None = None
+        reader: threading.Thread | None = None
+        tail: list[str] = []
+        try:
+            self.check_host()
+            base = remote_base(self.conn, self.runtime.options.dir, self.home())
+            chan = self.start(run_dir(base, run_id, "probe"))
+            reader = threading.Thread(target=self.read, args=(chan,), daemon=True)
+            reader.start()
+
+            def ready() -> bool | None:
+                if "probe-ready" in self.lines:
+                    return True
+                if self.exit is not None:
+                    raise NotReady(f"runsc exited with status {self.exit}")
+                if not self.conn.active():
+                    raise NotReady(self.conn.lost or "the SSH connection is gone")
+                return None
+
+            poll(ready, timeout=timeout, interval=0.02, what="the probe sandbox")
+            reading = read_cgroup(self.conn, self.cid)
+            state = self.runsc.state(self.cid)
+            pid = state.get("pid") if state else None
+            total = boot_total_memory(self.conn, pid)
+            inside = gvisor._probe_output(list(self.lines))
+        except (WaitTimeout, NotReady, RemoteFailure) as exc:
+            error = str(exc)
+            last = runsc_log(self.conn, self.log_path, 20)
+            if self.exit is not None and last:
+                error += f": {last[-1].removeprefix('runsc: ')}"
+        finally:
+            tail = [*list(self.lines)[-20:], *runsc_log(self.conn, self.log_path, 50)]
+            if chan is not None:  # EOF: the watchdog kills, deletes and removes the sandbox
+                with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                    chan.shutdown_write()
+                    chan.status_event.wait(self.conn.command_timeout + 10)
+                chan.close()
+            if reader is not None:
+                reader.join(2.0)
+            left = remove_sandbox(self.conn, self.runsc.path, self.cid, self.work)
+        return gvisor.ProbeReport(
+            self.cid, error is None, pid, reading, total, inside, error, tail, left
+        )
+
+    @property
+    def log_path(self) -> str | None:
+        return f"{self.work}/runsc.log" if self.work else None
+
+    def home(self) -> str:
+        home = self.conn.must('printf "%s" "$HOME"', "probing the host").output.strip()
+        if not home.startswith("/"):
+            raise RemoteFailure(f"{self.runtime.target}: no home directory ($HOME is {home!r})")
+        return home
+
+    def check_host(self) -> None:
+        """What runtime/gvisor.py's check_host() asks of this machine, asked of the host."""
+        runsc = q(self.runsc.path)
+        done = self.conn.run(
+            f"command -v {runsc} >/dev/null 2>&1 || echo no-runsc; "
+            '[ "$(id -u)" = 0 ] || echo not-root; '
+            f"[ -f {gvisor.CGROUP_ROOT}/memory/memory.limit_in_bytes ] || echo no-cgroup-v1"
+        )
+        where = f"{self.runtime.target}"
+        if "no-runsc" in done.output:
+            raise RemoteFailure(
+                f"{where}: runtime gvisor needs runsc ({self.runsc.path!r} not found on the host): "
+                f"{gvisor.INSTALL}"
+            )
+        if "not-root" in done.output:
+            raise RemoteFailure(f"{where}: runtime gvisor needs root on the host (cgroups, runsc)")
+        if "no-cgroup-v1" in done.output:
+            raise RemoteFailure(
+                f"{where}: runtime gvisor needs the cgroup v1 memory controller on the host"
+            )
+
+    def start(self, work: str) -> paramiko.Channel:
+        limits = self.runtime.limits
+        bundle, cgroup = f"{work}/bundle", f"{gvisor.CGROUP_ROOT}/memory/{self.cid}"
+        argv = ["/bin/sh", "-c", gvisor.PROBE_SCRIPT]
+        config = gvisor.oci_config(limits, self.cid, argv, {}, None)
+        self.conn.must(f"umask 077 && mkdir -- {q(work)}", f"creating the probe's run dir {work}")
+        self.work = work
+        self.conn.must(
+            f"umask 077 && mkdir -- {q(bundle)} && cat > {q(bundle + '/config.json')} && "
+            f"mkdir -- {q(cgroup)} && "
+            f"printf '%s' {limits.memory_bytes} > {q(cgroup + '/memory.limit_in_bytes')}",
+            "preparing the probe sandbox",
+            stdin=json.dumps(config).encode(),
+        )
+        runsc, cid = q(self.runsc.path), q(self.cid)
+        script = "\n".join(
+            [
+                f"cd {q(bundle)} || exit 97",
+                f"{runsc} --network=host --log {q(self.log_path)} --log-format text "
+                f"run --bundle {q(bundle)} {cid} </dev/null 2>&1 &",
+                "pid=$!",
+                "exec 3<&0",
+                "(",
+                "  cat <&3 >/dev/null",
+                f'  kill -0 "$pid" 2>/dev/null && {runsc} kill {cid} KILL',
+                '  timeout 10 tail -s 0.1 --pid="$pid" -f /dev/null',
+                f"  {runsc} delete -force {cid}",
+                f'  for d in {gvisor.CGROUP_ROOT}/*/{cid}; do [ -d "$d" ] && rmdir "$d"; done',
+                f"  rm -rf -- {q(work)}",
+                ") >/dev/null 2>&1 &",
+                "exec 3<&-",
+                'wait "$pid"',
+                f"printf '\\n%s %s\\n' {q(self.marker)} \"$?\"",
+                "wait",
+            ]
+        )
+        return self.conn.session(script)
+
+    def read(self, chan: paramiko.Channel) -> None:
+        buffer = b""
+        chan.settimeout(None)
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            while data := chan.recv(4096):
+                buffer += data
+                while b"\n" in buffer:
+                    raw, buffer = buffer.split(b"\n", 1)
+                    line = raw.decode("utf-8", "replace").strip()
+                    word, _, value = line.partition(" ")
+                    if word == self.marker and value.lstrip("-").isdigit():
+                        self.exit = int(value)
+                    elif line:
+                        self.lines.append(line)
+
 
 @dataclass
 class Upload:
@@ -688,6 +1169,12 @@ class RemoteInstance:
         self.failure: str | None = None
         self.facts: dict[str, Any] = {"host": str(runtime.target), "runtime": runtime.inner}
         self.cid: str | None = None  # gvisor container id
+        self.sandbox: RemoteSandbox | None = None  # gvisor: the sandbox's pieces on the host
+        self.final: gvisor.CgroupReading | None = None  # gvisor: the cgroup as the sandbox ended
+        self.oom: gvisor.OomKill | None = None  # gvisor: the kernel killed it at its limit
+        if runtime.inner == "gvisor":
+            self.cid = gvisor.container_id(spec.run_id)
+            self.sandbox = RemoteSandbox(self.cid)
         self._partial: str | None = None  # an upload under way
         self._chan: paramiko.Channel | None = None
         self._pid_seen = threading.Event()
@@ -699,6 +1186,13 @@ class RemoteInstance:
         self._cpu_last: tuple[float, int] | None = None
         self._tick = 100
         self._page = 4096
+        self._stop_sent = False
+        self._own_exit = False  # the release exited before we asked it to stop
+        self._follower: paramiko.Channel | None = None  # tail -f of the release's stdout
+        self._follow_thread: threading.Thread | None = None
+        self._log_offset = 0  # bytes of release.log fed to the capture
+        self._log_rest = b""  # a line not yet complete
+        self._runsc_log: list[str] = []
 
     # --- start
 
@@ -710,7 +1204,8 @@ class RemoteInstance:
         info = releases.inspect(Path(tarball))  # refuses unsafe members before any byte leaves
         self.conn = conn = self.runtime.connect()
         home = self._probe_host()
-        base = self._remote_dir(home)
+        base = remote_base(conn, self.options.dir, home)
+        self.facts["dir"] = base
         self.upload = self._upload(Path(tarball), info, base)
         self.facts["upload"] = vars(self.upload)
         root = self._extract(info, base)
@@ -718,12 +1213,16 @@ class RemoteInstance:
         env = self._env(root)
         started = time.monotonic()
         self._start(root, env)
+        self._follow()
         self.forwarder = Forwarder(
             conn, self.port, spec.host if spec.host != "0.0.0.0" else "127.0.0.1"
         )
         self.url = f"http://127.0.0.1:{self.forwarder.port}"
         self.facts.update(
-            work=self.work, remote_port=self.port, launch_s=round(time.monotonic() - started, 4)
+            work=self.work,
+            root=root,  # what runs (gvisor: what is bind-mounted read-only)
+            remote_port=self.port,
+            launch_s=round(time.monotonic() - started, 4),
         )
 
     def _probe_host(self) -> str:
@@ -748,6 +1247,11 @@ class RemoteInstance:
                 missing.append(value)
             else:
                 facts[word] = value
+        if self.runtime.inner == "gvisor" and self._runsc_name() in missing:
+            raise RemoteFailure(
+                f"{self.runtime.target} lacks runsc ({self._runsc_name()!r} not found on the "
+                f"host): {gvisor.INSTALL}"
+            )
         if missing:
             raise RemoteFailure(
                 f"{self.runtime.target} lacks {', '.join(missing)} (needs GNU coreutils, tar, util-linux)"
@@ -759,21 +1263,6 @@ class RemoteInstance:
         if not home.startswith("/"):
             raise RemoteFailure(f"{self.runtime.target}: no home directory ($HOME is {home!r})")
         return home
-
-    def _remote_dir(self, home: str) -> str:
-        assert self.conn is not None
-        base = self.options.dir
-        if base == "~" or base.startswith("~/"):
-            base = home.rstrip("/") + base[1:]
-        if not base.startswith("/"):
-            base = f"{home.rstrip('/')}/{base}"
-        base = base.rstrip("/") or "/"
-        self.conn.must(
-            f"umask 077 && mkdir -p -- {q(base + '/uploads')} {q(base + '/runs')}",
-            f"creating {base}",
-        )
-        self.facts["dir"] = base
-        return base
 
     def _upload(self, tarball: Path, info: releases.ReleaseInfo, base: str) -> Upload:
         """fabric put, unless a file with the same sha256 is there; checked, then renamed."""
@@ -840,8 +1329,7 @@ class RemoteInstance:
 
     def _extract(self, info: releases.ReleaseInfo, base: str) -> str:
         assert self.conn is not None and self.upload is not None
-        run = _UNSAFE_ID.sub("-", self.spec.run_id)[:64] or "run"
-        work = f"{base}/runs/{run}-{secrets.token_hex(3)}"
+        work = run_dir(base, self.spec.run_id)
         self.conn.must(f"umask 077 && mkdir -- {q(work)}", f"creating the run dir {work}")
         self.work = work
         began = time.monotonic()
@@ -901,7 +1389,34 @@ class RemoteInstance:
         return env
 
     def _runsc_name(self) -> str:
-        return str(getattr(self.runtime.sandbox, "runsc", "runsc") or "runsc")
+        return self.runtime.runsc_name
+
+    def _follow(self) -> None:
+        """Follow the release's stdout as it is written (`tail -f` until the release's process
+        exits), so its receipts are counted live, as a local runtime counts them."""
+        assert self.conn is not None and self.work is not None
+        log = q(self.work + "/release.log")
+        try:
+            chan = self.conn.session(f"exec tail -c +1 -s 0.1 -F --pid={int(self.pid)} -- {log}")
+        except RemoteFailure:
+            return  # the stop collects the whole log instead
+        self._follower = chan
+        self._follow_thread = threading.Thread(target=self._read_log, args=(chan,), daemon=True)
+        self._follow_thread.start()
+
+    def _read_log(self, chan: paramiko.Channel) -> None:
+        chan.settimeout(None)
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            while data := chan.recv(65536):
+                self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        self._log_offset += len(data)
+        *lines, self._log_rest = (self._log_rest + data).split(b"\n")
+        for raw in lines:
+            line = raw.decode("utf-8", "replace")
+            self._tail.append(line)
+            self.capture.feed_line(line)
 
     def _launcher(self, root: str, envfile: str) -> str:
         """The command the wrapper starts in its own session (its pid is the release's)."""
@@ -962,8 +1477,8 @@ class RemoteInstance:
                 '    [ "$grace" = 0.000 ] || timeout "$grace" tail -s 0.1 --pid="$pid" -f /dev/null',
                 "  fi",
                 '  kill -KILL -- "-$pid" 2>/dev/null',
-                f"  {self._reap()}",
                 '  [ "$request" = stop ] && cat <&3 >/dev/null',
+                f"  {self._reap()}",
                 f"  rm -rf -- {q(work)}",
                 ") >/dev/null 2>&1 &",
                 "exec 3<&-",
@@ -998,6 +1513,7 @@ class RemoteInstance:
                         self.pid = int(value)
                         self._pid_seen.set()
                     elif word == "exit" and value.strip().lstrip("-").isdigit():
+                        self._own_exit = not self._stop_sent
                         self._exit = int(value)
                         self._exited.set()
         except (OSError, EOFError, paramiko.SSHException):
@@ -1010,22 +1526,13 @@ class RemoteInstance:
 
     def _prepare_sandbox(self, root: str, env: dict[str, str]) -> None:
         """gvisor on the host: the OCI bundle of runtime/gvisor.py and its memory cgroup."""
-        import json
-
-        from pipeline.runtime import gvisor
-
         assert self.conn is not None and self.work is not None
-        limits = gvisor.Limits.of(self.runtime.sandbox)
-        self.cid = gvisor.container_id(self.spec.run_id)
+        assert self.cid is not None and self.sandbox is not None
+        limits = self.runtime.limits
         args = [f"{limits.mount_point.rstrip('/')}/bin/{self.spec.name}", "foreground"]
-        inside = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", **env}
-        inside.update(
-            TMPDIR=gvisor.SANDBOX_TMP,
-            HOME=gvisor.SANDBOX_TMP,
-            ERL_CRASH_DUMP=f"{gvisor.SANDBOX_TMP}/erl_crash.dump",
-        )
+        inside = self.runtime.sandbox_env(env, self.port, self.spec.host)
         config = gvisor.oci_config(limits, self.cid, args, inside, Path(root))
-        bundle = f"{self.work}/bundle"
+        bundle = self.sandbox.bundle = f"{self.work}/bundle"
         cgroup = f"/sys/fs/cgroup/memory/{self.cid}"
         self.conn.must(
             f"umask 077 && mkdir -- {q(bundle)} && cat > {q(bundle + '/config.json')} && "
@@ -1065,13 +1572,21 @@ class RemoteInstance:
             if self.conn is not None and self.conn.lost:
                 reason = self.conn.lost
             elif self._exit is not None:
-                reason = f"exited with status {self._exit} before it was ready"
+                oom = self.oom_kill()
+                reason = (
+                    oom.reason if oom else f"exited with status {self._exit} before it was ready"
+                )
+                last = [] if oom else runsc_log(self.conn, self._runsc_log_path(), 20)
+                if last:
+                    reason += f": {last[-1].removeprefix('runsc: ')}"
             raise StartupFailed(reason, self.logs(50)) from None
         return time.monotonic() - self.started_at
 
     def stats(self) -> Stats:
         if self.conn is None or not self.pid or not self.alive():
             return Stats(0, 0.0)
+        if self.runtime.inner == "gvisor":
+            return self._sandbox_stats()
         try:
             done = self.conn.run("cat /proc/uptime; cat /proc/[0-9]*/stat 2>/dev/null")
         except RemoteFailure:
@@ -1106,6 +1621,11 @@ class RemoteInstance:
         extra = [self.conn.lost] if self.conn is not None and self.conn.lost else []
         if self.failure is not None:
             extra = []
+        if self.runtime.inner == "gvisor":  # and runsc's own log, as runtime/gvisor.py has it
+            runsc = self._runsc_log
+            if self._status is None:
+                runsc = runsc_log(self.conn, self._runsc_log_path(), n) or runsc
+            return (list(self._tail) + extra)[-n:] + runsc[-n:]
         return (list(self._tail) + extra)[-n:]
 
     def stop(self, grace: float = 10.0) -> int:
@@ -1124,26 +1644,42 @@ class RemoteInstance:
         conn = self.conn
         try:
             if conn is not None and self._chan is not None and conn.active():
+                self._stop_sent = True
                 with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
                     self._chan.sendall(f"stop {max(0.0, grace):.3f}\n".encode())
                 self._exited.wait(grace + self.options.command_timeout_s)
                 if self._exit is not None:
                     status = self._exit
+                if self.cid is not None:  # before the wrapper reaps the cgroup: its last state
+                    self.final = read_cgroup(conn, self.cid)
+                    self.oom = self.oom_kill()
+                    self._runsc_log = runsc_log(conn, self._runsc_log_path(), 50)
                 self._collect_log()
                 with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
                     self._chan.shutdown_write()  # EOF: the wrapper removes the run dir
                     self._chan.status_event.wait(self.options.command_timeout_s)
+                if self.sandbox is not None and self.cid is not None:
+                    self.sandbox.leftovers = remove_sandbox(
+                        conn, self._runsc_name(), self.cid, self.work
+                    )
             elif conn is not None and conn.active():
                 with contextlib.suppress(RemoteFailure):  # start failed before the wrapper ran
                     if self._partial is not None:
                         conn.run(f"rm -f -- {q(self._partial)}")
-                    if self.work is not None:
+                    if self.sandbox is not None and self.cid is not None:
+                        self.sandbox.leftovers = remove_sandbox(
+                            conn, self._runsc_name(), self.cid, self.work
+                        )
+                    elif self.work is not None:
                         conn.run(f"rm -rf -- {q(self.work)}")
-                    if self.cid is not None:
-                        conn.run(f"rmdir /sys/fs/cgroup/memory/{q(self.cid)} 2>/dev/null")
+            elif self.sandbox is not None and self._chan is not None:  # the host is out of reach
+                why = conn.lost if conn is not None and conn.lost else "not connected"
+                self.sandbox.leftovers = [f"not verified on the host: {why}"]
         finally:
             if self.forwarder is not None:
                 self.forwarder.close()
+            if self._follower is not None:
+                self._follower.close()
             if self._chan is not None:
                 self._chan.close()
             if conn is not None:
@@ -1151,18 +1687,111 @@ class RemoteInstance:
         return status
 
     def _collect_log(self) -> None:
-        """The release's whole stdout (capped): its receipts counted, the tail kept."""
+        """The rest of the release's stdout once it has exited: the follower reads to the end
+        (tail exits after the release); if it cannot, the bytes it did not read are fetched."""
         assert self.conn is not None and self.work is not None
+        follower, thread = self._follower, self._follow_thread
+        complete = False
+        if follower is not None and thread is not None:
+            thread.join(FOLLOW_DRAIN_S)
+            complete = not thread.is_alive() and follower.exit_status_ready()
+            complete = complete and follower.recv_exit_status() == 0
+            if not complete:
+                follower.close()
+                thread.join(2.0)
+        if not complete and (thread is None or not thread.is_alive()):
+            log = q(self.work + "/release.log")
+            with contextlib.suppress(RemoteFailure):
+                done = self.conn.run(
+                    f"tail -c +{self._log_offset + 1} -- {log} | head -c {LOG_FETCH_BYTES}"
+                )
+                self._feed(done.output.encode())
+        if self._log_rest:
+            self._feed(b"\n")
+
+    # --- gvisor only: what runtime/gvisor.py's instance offers week 2, done on the host
+
+    @property
+    def id(self) -> str | None:
+        return self.cid
+
+    @property
+    def limits(self) -> gvisor.Limits:
+        return self.runtime.limits
+
+    @property
+    def runsc(self) -> RemoteRunsc:
+        """runsc on the host over this instance's connection."""
+        return RemoteRunsc(self._runsc_name(), conn=self.conn)
+
+    def _runsc_log_path(self) -> str | None:
+        return f"{self.work}/runsc.log" if self.work and self.cid else None
+
+    def cgroup(self) -> gvisor.CgroupReading:
+        """The sandbox's cgroup read back on the host (as it ended, once stopped)."""
+        if self.final is not None:
+            return self.final
+        if self.conn is None or self.cid is None or not self.conn.active():
+            return NO_CGROUP
+        return read_cgroup(self.conn, self.cid)
+
+    def oom_kill(self) -> gvisor.OomKill | None:
+        """An OOM kill, once the sandbox has died of one on its own (exit 137, the cgroup's
+        failcnt or oom_kill)."""
+        if self.oom is not None:
+            return self.oom
+        if self.cid is None or self._exit is None or not self._own_exit:
+            return None
+        return oom_of(self._exit, self.cgroup(), self.limits)
+
+    def exec(
+        self, argv: list[str], *, as_release: bool = True, timeout: float = 15.0
+    ) -> gvisor.ExecResult:
+        """`runsc exec` inside the running sandbox (as the release's uid:gid by default)."""
+        if self.cid is None:
+            return gvisor.ExecResult(tuple(argv), -1, "", "no sandbox")
+        limits = self.limits
+        user = f"{limits.uid}:{limits.gid}" if as_release else None
+        return self.runsc.exec(self.cid, argv, user=user, timeout=timeout)
+
+    def sandbox_pid(self) -> int | None:
+        state = self.runsc.state(self.cid) if self.cid else None
+        pid = state.get("pid") if state else None
+        return pid if isinstance(pid, int) and pid > 0 else None
+
+    def ps(self) -> list[dict[str, Any]]:
+        return self.runsc.ps(self.cid) if self.cid else []
+
+    def _sandbox_stats(self) -> Stats:
+        """Memory from the cgroup, CPU % of one core from `runsc events --stats` deltas over
+        the host's uptime: one command on the host."""
+        assert self.conn is not None and self.cid is not None
+        memory = q(f"{gvisor.CGROUP_ROOT}/memory/{self.cid}/memory.usage_in_bytes")
+        script = (
+            f"cat /proc/uptime; cat -- {memory} 2>/dev/null || echo -; "
+            f"timeout 5 {q(self._runsc_name())} events --stats {q(self.cid)} 2>/dev/null "
+            "| head -n 1"
+        )
         try:
-            done = self.conn.run(f"tail -c {LOG_FETCH_BYTES} -- {q(self.work + '/release.log')}")
+            lines = self.conn.run(script).output.splitlines()
         except RemoteFailure:
-            return
-        lines = done.output.splitlines()
-        for line in lines:
-            self.capture.feed_line(line)
-        if lines:
-            self._tail.clear()
-            self._tail.extend(lines[-LOG_LINES:])
+            return Stats(0, 0.0)
+        try:
+            uptime = float(lines[0].split()[0])
+        except (ValueError, IndexError):
+            return Stats(0, 0.0)
+        usage = int(lines[1]) if len(lines) > 1 and lines[1].strip().isdigit() else 0
+        total = None
+        with contextlib.suppress(ValueError, LookupError, TypeError):
+            cpu = json.loads(lines[2])["data"]["cpu"]["usage"]["total"]
+            total = int(cpu) if isinstance(cpu, int) else None
+        percent = 0.0
+        if total is not None:
+            last = self._cpu_last
+            if last is not None and uptime > last[0] and total >= last[1]:
+                percent = (total - last[1]) / 1e9 / (uptime - last[0]) * 100
+            self._cpu_last = (uptime, total)
+        return Stats(rss_bytes=usage, cpu_percent=percent)
 
     def __enter__(self) -> RemoteInstance:
         return self

@@ -3,11 +3,13 @@
 from invoke import task
 
 from pipeline.tasks._cli import PHASE_HELP, exit_codes, finish_phase, json_echo, phase_view
+from pipeline.tasks._remote import REMOTE_HELP, remote_runtime, runtime_kwargs
 
 
 @task(
     help={
         **PHASE_HELP,
+        **REMOTE_HELP,
         "env": 'env name (envs/NAME.toml) or path with runtime = "gvisor"; default ccw-sandbox',
         "rate": "override the load profile's arrival rate (req/s)",
         "duration": "override the load profile's duration (s); down to 2 s for a quick check",
@@ -15,7 +17,18 @@ from pipeline.tasks._cli import PHASE_HELP, exit_codes, finish_phase, json_echo,
     aliases=("sandbox",),
 )
 def week2(
-    c, tarball, env="ccw-sandbox", port=None, receipts=None, json=False, rate=None, duration=None
+    c,
+    tarball,
+    env="ccw-sandbox",
+    port=None,
+    receipts=None,
+    json=False,
+    rate=None,
+    duration=None,
+    host=None,
+    identity=None,
+    known_hosts=None,
+    accept_new_host_key=False,
 ):
     """Week 2, sandbox rehearsal: eleven measured stages inside gVisor (runsc), Gate 1."""
     with exit_codes():
@@ -24,7 +37,11 @@ def week2(
         from pipeline.phases.week2 import run_week2
 
         environment = config.load_env(env)
-        console, view = phase_view(json, f"week 2 · sandbox rehearsal · env {environment.name}")
+        factory = remote_runtime(host, tarball, identity, known_hosts, accept_new_host_key)
+        where = f" · on {host}" if host else ""
+        console, view = phase_view(
+            json, f"week 2 · sandbox rehearsal · env {environment.name}{where}"
+        )
         result = run_week2(
             tarball,
             environment,
@@ -34,6 +51,7 @@ def week2(
             rate=float(rate) if rate else None,
             duration=float(duration) if duration else None,
             on_record=json_echo(json),
+            **runtime_kwargs(factory),
         )
         try:
             finish_phase(result, console)
