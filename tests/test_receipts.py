@@ -529,8 +529,8 @@ def test_every_range_boundary_names_the_same_line_as_the_serial_reader(scratch) 
 @MODES
 def test_a_line_from_another_run_breaks_the_chain(scratch, parallel) -> None:
     a = write_chain(fresh(scratch), [{"status": n} for n in range(6)])
-    b = write_chain(fresh(scratch), [{"status": n} for n in range(6)])
-    la, lb = lines_of(a), lines_of(b)
+    b = write_chain(fresh(scratch), [{"status": n, "other_run": True} for n in range(6)])
+    la, lb = lines_of(a), lines_of(b)  # (same content within one millisecond would be identical)
     mutated = b"".join(la[:4] + [lb[4]] + la[5:])  # same seq, other run's prev
     result = judge(scratch, mutated, parallel)
     assert not result.ok and result.line == 5
