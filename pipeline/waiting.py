@@ -49,3 +49,31 @@ def poll(
     if result is None:
         raise WaitTimeout(f"{what}: not reached after {timeout:g} s")
     return result
+
+
+async def apoll(
+    check: Callable[[], T | None],
+    *,
+    timeout: float,
+    interval: float = 0.02,
+    what: str = "condition",
+) -> T | None:
+    """`poll` for asyncio code: the loop keeps running between checks. Returns None (instead of
+    raising) when the time runs out, for callers that go on either way."""
+    import asyncio
+
+    from tenacity import AsyncRetrying
+
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    retrying = AsyncRetrying(
+        retry=retry_if_result(lambda value: value is None),
+        wait=wait_fixed(interval),
+        stop=lambda state: loop.time() - start + interval > timeout,
+        retry_error_callback=lambda state: None,
+    )
+
+    async def attempt() -> T | None:
+        return check()
+
+    return await retrying(attempt)

@@ -33,6 +33,7 @@ from pipeline.emulator import router
 from pipeline.emulator.control import ControlPlane, RevisionPlan, ServicePlan
 from pipeline.emulator.host import HostClient, HostError, RemoteInstance
 from pipeline.emulator.router import DRAINING, READY, STARTING, STOPPED, Listener, Pool, Route, Slot
+from pipeline.waiting import apoll
 
 log = logging.getLogger("pipeline.emulator")
 
@@ -565,11 +566,16 @@ class DataPlane:
         for rr in self.revisions.values():
             rr.retired = True
             rr.pool.close()
-        deadline = time.monotonic() + (0 if kill else 2.0)
-        while time.monotonic() < deadline and any(
-            s.inflight for rr in self.revisions.values() for s in rr.pool.slots
-        ):
-            await asyncio.sleep(0.02)
+        if not kill:  # in-flight requests get up to 2 s to finish
+            await apoll(
+                lambda: (
+                    None
+                    if any(s.inflight for rr in self.revisions.values() for s in rr.pool.slots)
+                    else True
+                ),
+                timeout=2.0,
+                what="in-flight requests",
+            )
         for rr in self.revisions.values():
             for slot in list(rr.pool.slots):
                 rr.stop_slot(slot)

@@ -49,6 +49,7 @@ from pipeline.emulator.wire import (
     wants_int_enums,
 )
 from pipeline.errors import PipelineError
+from pipeline.waiting import apoll
 
 log = logging.getLogger("pipeline.emulator")
 
@@ -210,8 +211,12 @@ class Emulator:
 
             loop = asyncio.get_running_loop()
             task = loop.create_task(self._main())
-            while self._stop_event is None and not task.done():
-                await asyncio.sleep(0.01)
+            await apoll(
+                lambda: True if self._stop_event is not None or task.done() else None,
+                timeout=float("inf"),
+                interval=0.01,
+                what="the emulator's loop",
+            )
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._signalled)
             started: asyncio.Future[Any] = loop.run_in_executor(None, self._started.wait)
