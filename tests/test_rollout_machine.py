@@ -186,22 +186,3 @@ def test_rollback_routes_and_weight_verification():
     assert not weight_is(service, "c", 10)
     latest = ServiceState("svc", "http://x", "e", 3, "c", "c", (Route(None, 100),))
     assert latest.percent_of("c") == 100  # a LATEST route counts for the latest ready revision
-
-
-def test_apoll_waits_on_a_condition_and_gives_up_in_time():
-    import asyncio
-
-    from pipeline.waiting import apoll
-
-    async def scenario():
-        loop = asyncio.get_running_loop()
-        ready_at = loop.time() + 0.05
-        got = await apoll(
-            lambda: "ok" if loop.time() >= ready_at else None, timeout=2, interval=0.01
-        )
-        began = loop.time()
-        none = await apoll(lambda: None, timeout=0.1, interval=0.01)
-        return got, none, loop.time() - began
-
-    got, none, waited = asyncio.run(scenario())
-    assert got == "ok" and none is None and waited < 1.0
