@@ -145,6 +145,15 @@ def gates_table(outcomes: Any) -> Table:
             mark, verdict, where = "[dim]–[/dim]", outcome.note, ""
         else:
             mark = PASS if result.verdict.passed else FAIL
-            verdict, where = outcome.note, str(result.receipts)
+            verdict, where = outcome.note.split(" (")[0], _relative(result.receipts)
         table.add_row(mark, outcome.gate, outcome.week, verdict, where)
     return table
+
+
+def _relative(path: Any) -> str:
+    from pathlib import Path
+
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

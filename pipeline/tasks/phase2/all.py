@@ -44,9 +44,10 @@ def all_weeks(
             options["week3"] = {"duration": float(duration)}
 
         def view_for(week, env):
+            view = report.PhaseView(console, f"{week} · env {env.name}")
             if week == "week5":
-                options["week5"]["endpoint"] = ensure_endpoint(env, endpoint)
-            return report.PhaseView(console, f"{week} · env {env.name}")
+                options["week5"]["endpoint"] = ensure_endpoint(env, endpoint, view)
+            return view
 
         outcomes = run_all(tarball, envs, view_for=view_for, options=options)
         console.print(report.gates_table(outcomes))
