@@ -16,6 +16,11 @@ REPO = Path(__file__).resolve().parent.parent
 INVOKE = str(Path(sys.executable).parent / "invoke")
 
 
+def of_kind(stdout: str, kind: str) -> list[dict]:
+    """The receipts of one kind among the JSON lines a task printed with --json."""
+    return [r for r in map(json.loads, stdout.splitlines()) if r.get("kind") == kind]
+
+
 def invoke(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [INVOKE, *args], cwd=REPO, capture_output=True, text=True, env=os.environ, timeout=120
@@ -27,8 +32,9 @@ def test_start_smoke_load_monitor_stop(reference_tarball, tmp_path):
         "release.start", "--tarball", str(reference_tarball()), "--port", "0", "--json"
     )
     assert started.returncode == 0, started.stderr
-    state = json.loads(started.stdout)
+    (state,) = of_kind(started.stdout, "startup")
     url, pid = state["url"], state["pid"]
+    workdir = Path(state["log"]).parent
     try:
         again = invoke("release.start", "--tarball", str(reference_tarball()))
         assert again.returncode == 2 and "already running" in again.stderr
@@ -62,7 +68,8 @@ def test_start_smoke_load_monitor_stop(reference_tarball, tmp_path):
         stopped = invoke("release.stop")
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    assert not Path(state["workdir"]).exists()
+    assert not workdir.exists()
+    assert "receipts:" in stopped.stdout
 
 
 def test_stop_without_a_release_is_bad_input():
@@ -85,19 +92,26 @@ def test_monitor_unknown_pid_is_bad_input():
 
 def test_inspect_and_extract(reference_tarball, tmp_path):
     inspected = invoke("release.inspect", str(reference_tarball("none", "wrapped")), "--json")
-    facts = json.loads(inspected.stdout)
+    (facts,) = of_kind(inspected.stdout, "release")
     assert (
         facts["layout"] == "wrapped"
         and facts["name"] == "tai_autonomics"
         and facts["version"] == "1.0.0"
     )
     dest = tmp_path / "x"
+    out = tmp_path / "extract.jsonl"
     extracted = invoke(
-        "release.extract", "--tarball", str(reference_tarball()), "--dest", str(dest)
+        "release.extract",
+        "--tarball",
+        str(reference_tarball()),
+        "--dest",
+        str(dest),
+        "--receipts",
+        str(out),
     )
-    assert (
-        extracted.returncode == 0
-        and (Path(extracted.stdout.strip()) / "bin" / "tai_autonomics").is_file()
-    )
+    assert extracted.returncode == 0, extracted.stderr
+    (record,) = [r for r in receipts.iter_records(out) if r["kind"] == "extract"]
+    assert (Path(record["root"]) / "bin" / "tai_autonomics").is_file() and record["files"] > 100
+    assert receipts.verify(out).ok and f"root: {record['root']}" in extracted.stdout
     refused = invoke("release.extract", "--tarball", str(reference_tarball()), "--dest", str(dest))
     assert refused.returncode == 2 and refused.stderr.startswith("error:")

@@ -310,3 +310,21 @@ def stop_background(grace: float = 10.0) -> dict[str, Any]:
     shutil.rmtree(state["workdir"], ignore_errors=True)
     state_file.unlink()
     return {**state, "stopped": status}
+
+
+def recorded(
+    kind: str,
+    stage: str,
+    fields: dict[str, Any],
+    env: Env,
+    *,
+    receipts: str | Path | None = None,
+    on_record: Listener = None,
+    release: dict[str, Any] | None = None,
+) -> Path:
+    """One stage's result as a sealed run of its own (release.inspect/extract/start/stop)."""
+    run = _run(
+        stage, env, receipts, None, on_record, **({"release_facts": release} if release else {})
+    )
+    run.write(kind, stage, **fields)
+    return _close(run)

@@ -26,7 +26,7 @@ def exit_codes() -> Iterator[None]:
 
 def human_console(json_mode: bool) -> Console:
     """The human view: stdout normally, stderr when --json keeps stdout for JSON lines."""
-    return Console(stderr=json_mode, highlight=False)
+    return Console(stderr=json_mode, highlight=False, soft_wrap=True)  # paths stay whole
 
 
 PHASE_HELP = {
