@@ -94,6 +94,7 @@ def _field(name: str) -> Extract:
             float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
         )
 
+    extract.field, extract.mode = name, "value"  # type: ignore[attr-defined]
     return extract
 
 
@@ -106,7 +107,11 @@ def _flag(name: str, want: bool) -> Extract:
 
 
 def _bool(name: str) -> Extract:
-    return lambda r: 1.0 if r.get(name) is True else 0.0
+    def extract(record: dict[str, Any]) -> float:
+        return 1.0 if record.get(name) is True else 0.0
+
+    extract.field, extract.mode = name, "bool"  # type: ignore[attr-defined]
+    return extract
 
 
 def _stage_end(passed: bool) -> Extract:
@@ -314,6 +319,21 @@ class MetricCollector:
         buckets = self.buckets.get(key.source)
         if metric.cross_check:
             return self._revenue_handler(self.ledgers[key.source])
+        mode, field = getattr(extract, "mode", None), getattr(extract, "field", "")
+        if not filters and buckets is None and mode == "value":
+
+            def handle_value(record: dict[str, Any]) -> None:  # the hot path, inlined
+                value = record.get(field)
+                if type(value) is float or type(value) is int:
+                    append(value)
+
+            return handle_value
+        if not filters and buckets is None and mode == "bool":
+
+            def handle_bool(record: dict[str, Any]) -> None:
+                append(1.0 if record.get(field) is True else 0.0)
+
+            return handle_bool
 
         def handle(record: dict[str, Any]) -> None:
             for field_name, wanted in filters:
