@@ -170,15 +170,21 @@ def test_leak_over_ssh_is_oom_killed_on_the_host_and_gate1_fails_on_memory(
     done = week2_over_ssh(sshd, reference_tarball("leak"), env, out, duration="60")
     assert done.returncode == 99, done.stdout[-3000:] + done.stderr[-3000:]
     last = done.stderr.strip().splitlines()[-1]
-    assert "memory.oom_kills count == 0" in last and "OOM killed" in last and "137" in last
     found = list(receipts.iter_records(out))
-    (oom,) = of_kind(found, "oom")
-    assert oom["exit_status"] == 137 and oom["failcnt"] > 0 and oom["oom_kills"] >= 1
-    assert oom["limit_mb"] == 512 and oom["max_usage_mb"] >= 500
-    (memory_cap,) = [r for r in of_kind(found, "constraint") if r["name"] == "memory_cap"]
-    assert memory_cap["passed"] and memory_cap["oom_kill"] and memory_cap["exit_status"] == 137
+    (resources,) = of_kind(found, "resources")
     (shutdown,) = of_kind(found, "shutdown")
-    assert shutdown["exit_status"] == 137 and shutdown["removed"] and shutdown["leftovers"] == []
+    assert shutdown["removed"] and shutdown["leftovers"] == []
+    if of_kind(found, "oom"):  # the usual end: the host's kernel kills the sandbox
+        assert "memory.oom_kills count == 0" in last and "OOM killed" in last and "137" in last
+        (oom,) = of_kind(found, "oom")
+        assert oom["exit_status"] == 137 and oom["failcnt"] > 0 and oom["oom_kills"] >= 1
+        assert oom["limit_mb"] == 512 and oom["max_usage_mb"] >= 500
+        (memory_cap,) = [r for r in of_kind(found, "constraint") if r["name"] == "memory_cap"]
+        assert memory_cap["passed"] and memory_cap["oom_kill"] and memory_cap["exit_status"] == 137
+        assert shutdown["exit_status"] == 137
+    else:  # seen once in five: the kernel held the sandbox at its limit (reclaim), no kill yet
+        assert "memory.mb max < 300" in last
+        assert resources["memory_failcnt"] > 0 and resources["memory_peak_mb"] >= 500
     (environment,), (sandbox,) = of_kind(found, "environment"), of_kind(found, "sandbox")
     assert leftovers([environment["probe"], sandbox["id"]]) == []
     assert list((remote_dir / "runs").iterdir()) == []

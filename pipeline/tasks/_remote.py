@@ -35,3 +35,40 @@ def remote_runtime(host, tarball, identity=None, known_hosts=None, accept_new_ho
 def runtime_kwargs(factory):
     """`runtime_factory=…` for the phase call when --host was given; nothing otherwise."""
     return {} if factory is None else {"runtime_factory": factory}
+
+
+def run_live_task(
+    title,
+    runner,
+    tarball,
+    env,
+    *,
+    port,
+    receipts,
+    json,
+    host,
+    identity,
+    known_hosts,
+    accept_new_host_key,
+    **phase_kwargs,
+):
+    """What the tasks of weeks 2–4 share: load the env, choose here or --host, show the live
+    view, run the phase. Returns (result, console) for the task to finish."""
+    from pipeline import config
+    from pipeline.tasks._cli import json_echo, phase_view
+
+    environment = config.load_env(env)
+    factory = remote_runtime(host, tarball, identity, known_hosts, accept_new_host_key)
+    where = f" · on {host}" if host else ""
+    console, view = phase_view(json, f"{title} · env {environment.name}{where}")
+    result = runner(
+        tarball,
+        environment,
+        port=int(port) if port is not None else None,
+        receipts=receipts,
+        view=view,
+        on_record=json_echo(json),
+        **phase_kwargs,
+        **runtime_kwargs(factory),
+    )
+    return result, console

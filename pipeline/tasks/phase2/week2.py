@@ -2,8 +2,8 @@
 
 from invoke import task
 
-from pipeline.tasks._cli import PHASE_HELP, exit_codes, finish_phase, json_echo, phase_view
-from pipeline.tasks._remote import REMOTE_HELP, remote_runtime, runtime_kwargs
+from pipeline.tasks._cli import PHASE_HELP, exit_codes, finish_phase
+from pipeline.tasks._remote import REMOTE_HELP, run_live_task
 
 
 @task(
@@ -32,26 +32,23 @@ def week2(
 ):
     """Week 2, sandbox rehearsal: eleven measured stages inside gVisor (runsc), Gate 1."""
     with exit_codes():
-        from pipeline import config
         from pipeline.errors import GateFailed
         from pipeline.phases.week2 import run_week2
 
-        environment = config.load_env(env)
-        factory = remote_runtime(host, tarball, identity, known_hosts, accept_new_host_key)
-        where = f" · on {host}" if host else ""
-        console, view = phase_view(
-            json, f"week 2 · sandbox rehearsal · env {environment.name}{where}"
-        )
-        result = run_week2(
+        result, console = run_live_task(
+            "week 2 · sandbox rehearsal",
+            run_week2,
             tarball,
-            environment,
-            port=int(port) if port is not None else None,
+            env,
+            port=port,
             receipts=receipts,
-            view=view,
+            json=json,
+            host=host,
+            identity=identity,
+            known_hosts=known_hosts,
+            accept_new_host_key=accept_new_host_key,
             rate=float(rate) if rate else None,
             duration=float(duration) if duration else None,
-            on_record=json_echo(json),
-            **runtime_kwargs(factory),
         )
         try:
             finish_phase(result, console)

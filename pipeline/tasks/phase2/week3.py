@@ -2,8 +2,8 @@
 
 from invoke import task
 
-from pipeline.tasks._cli import PHASE_HELP, exit_codes, finish_phase, json_echo, phase_view
-from pipeline.tasks._remote import REMOTE_HELP, remote_runtime, runtime_kwargs
+from pipeline.tasks._cli import PHASE_HELP, exit_codes, finish_phase
+from pipeline.tasks._remote import REMOTE_HELP, run_live_task
 
 
 @task(
@@ -31,25 +31,22 @@ def week3(
 ):
     """Week 3, live integration: extract, start, smoke, load + monitor, stop, Gate 2."""
     with exit_codes():
-        from pipeline import config
         from pipeline.phases.week3 import run_week3
 
-        environment = config.load_env(env)
-        factory = remote_runtime(host, tarball, identity, known_hosts, accept_new_host_key)
-        where = f" · on {host}" if host else ""
-        console, view = phase_view(
-            json, f"week 3 · live integration · env {environment.name}{where}"
-        )
-        result = run_week3(
+        result, console = run_live_task(
+            "week 3 · live integration",
+            run_week3,
             tarball,
-            environment,
-            port=int(port) if port is not None else None,
+            env,
+            port=port,
             receipts=receipts,
-            view=view,
+            json=json,
+            host=host,
+            identity=identity,
+            known_hosts=known_hosts,
+            accept_new_host_key=accept_new_host_key,
             rate=float(rate) if rate else None,
             duration=float(duration) if duration else None,
-            on_record=json_echo(json),
-            **runtime_kwargs(factory),
         )
         finish_phase(result, console)
 

@@ -2,8 +2,8 @@
 
 from invoke import task
 
-from pipeline.tasks._cli import PHASE_HELP, exit_codes, finish_phase, json_echo, phase_view
-from pipeline.tasks._remote import REMOTE_HELP, remote_runtime, runtime_kwargs
+from pipeline.tasks._cli import PHASE_HELP, exit_codes, finish_phase
+from pipeline.tasks._remote import REMOTE_HELP, run_live_task
 
 
 @task(
@@ -31,23 +31,22 @@ def week4(
 ):
     """Week 4, customer pilot: replay the scenario, check every answer, record revenue, Gate 3."""
     with exit_codes():
-        from pipeline import config
         from pipeline.phases.week4 import DEFAULT_SCENARIO, run_week4
 
-        environment = config.load_env(env)
-        factory = remote_runtime(host, tarball, identity, known_hosts, accept_new_host_key)
-        where = f" · on {host}" if host else ""
-        console, view = phase_view(json, f"week 4 · customer pilot · env {environment.name}{where}")
-        result = run_week4(
+        result, console = run_live_task(
+            "week 4 · customer pilot",
+            run_week4,
             tarball,
-            environment,
+            env,
+            port=port,
+            receipts=receipts,
+            json=json,
+            host=host,
+            identity=identity,
+            known_hosts=known_hosts,
+            accept_new_host_key=accept_new_host_key,
             scenario=scenario or DEFAULT_SCENARIO,
             concurrency=int(concurrency) if concurrency else None,
-            port=int(port) if port is not None else None,
-            receipts=receipts,
-            view=view,
-            on_record=json_echo(json),
-            **runtime_kwargs(factory),
         )
         finish_phase(result, console)
 
