@@ -234,22 +234,29 @@ def test_leak_is_oom_killed_at_512_mib_and_gate1_fails_on_memory(reference_tarba
     )
     assert done.returncode == 99, done.stdout + done.stderr
     last = done.stderr.strip().splitlines()[-1]
+    gate = of_kind(out, "gate")[0]
+    failed = {r["metric"] for r in gate["results"] if not r["passed"]}
+    assert max(r["rss_mb"] for r in of_kind(out, "metrics")) > 300
+    (shutdown,) = of_kind(out, "shutdown")
+    assert shutdown["removed"]
+    if not of_kind(out, "oom"):  # rare: the kernel held the sandbox at its limit, no kill (yet)
+        (resources,) = of_kind(out, "resources")
+        assert "memory.mb" in failed and "memory.mb max < 300" in last
+        assert resources["memory_failcnt"] > 0 and resources["memory_peak_mb"] >= 500
+        assert leftovers(container_ids(out)) == []
+        return
     assert "memory.oom_kills count == 0" in last and "OOM killed" in last and "137" in last
     (oom,) = of_kind(out, "oom")
     assert oom["exit_status"] == 137 and oom["failcnt"] > 0 and oom["oom_kills"] >= 1
     assert oom["limit_mb"] == 512 and oom["max_usage_mb"] >= 500
     errors = [e["reason"] for e in of_kind(out, "error")]
     assert any("memory.failcnt" in e and "exit status 137" in e for e in errors)
-    gate = of_kind(out, "gate")[0]
-    failed = {r["metric"] for r in gate["results"] if not r["passed"]}
     assert {"memory.oom_kills", "memory.mb"} <= failed
-    assert max(r["rss_mb"] for r in of_kind(out, "metrics")) > 300
     (memory_cap,) = [r for r in of_kind(out, "constraint") if r["name"] == "memory_cap"]
     assert memory_cap["passed"] and memory_cap["oom_kill"] and memory_cap["exit_status"] == 137
     load_end = [r for r in of_kind(out, "stage", "resources") if r["event"] == "end"][0]
     assert not load_end["passed"] and load_end["seconds"] < 45  # cut at the OOM kill, not 60 s
-    (shutdown,) = of_kind(out, "shutdown")
-    assert shutdown["exit_status"] == 137 and shutdown["removed"]
+    assert shutdown["exit_status"] == 137
     assert leftovers(container_ids(out)) == []
 
 
