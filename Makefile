@@ -3,7 +3,8 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 INVOKE := $(VENV)/bin/invoke
-DEB_PACKAGES := erlang-base erlang-inets erlang-crypto erlang-dev runsc wrk openssh-server chromium
+DEB_PACKAGES := erlang-base erlang-inets erlang-crypto erlang-dev runsc wrk openssh-server chromium \
+	gcc libc6-dev libssl-dev
 
 .PHONY: setup deb demo test lint bench clean
 
@@ -21,7 +22,7 @@ deb:
 	  echo "going on without them; the tests that need them will fail naming the tool"; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py pipeline/_native.c
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip >/dev/null
 	@$(PY) -m pip install -q -e '.[dev]'

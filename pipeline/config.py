@@ -5,16 +5,16 @@ Unknown keys and wrong types are errors naming the file that set the key and the
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pipeline import envfiles
+from pipeline.envfiles import DEFAULT_ENV, ENVS_DIR, resolve
 from pipeline.errors import PipelineError
 
-ENVS_DIR = Path(__file__).resolve().parent.parent / "envs"
-DEFAULT_ENV = "local"
+__all__ = ["DEFAULT_ENV", "ENVS_DIR", "Env", "load_env", "resolve"]
 
 
 class Strict(BaseModel):
@@ -202,97 +202,16 @@ class Env(Strict):
             ) from None
 
     def gate_spec(self, gate: str) -> Any:
-        from pipeline import gates
-
-        name = gates.canonical_gate_name(gate)
-        if name not in self.gates:
-            known = ", ".join(sorted(self.gates)) or "none"
-            raise PipelineError(f"{self.path}: no [gates.{name}] table (known: {known})")
-        source = self.sources.get(f"gates.{name}", str(self.path))
-        for key, expressions in self.gates[name].items():  # name the file that set a bad key
-            owner = self.sources.get(f"gates.{name}.{key}", source)
-            gates.parse_gate(name, {key: expressions}, owner)
-        return gates.parse_gate(name, self.gates[name], source)
+        return envfiles.gate_spec_of(self.gates, self.sources, self.path, gate)
 
     def band(self, metric: str, value: float) -> str | None:
         band = self.monitor.bands.get(metric)
         return band.of(value) if band else None
 
 
-def resolve(name_or_path: str | Path) -> Path:
-    """`local` → envs/local.toml; a path (with / or .toml) is taken as it is."""
-    text = str(name_or_path)
-    if "/" in text or text.endswith(".toml"):
-        return Path(text)
-    return ENVS_DIR / f"{text}.toml"
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        known = ", ".join(sorted(p.stem for p in ENVS_DIR.glob("*.toml")))
-        raise PipelineError(f"{path}: no such env file (envs: {known})") from None
-    except IsADirectoryError:
-        raise PipelineError(f"{path}: is a directory, not an env file") from None
-    except UnicodeDecodeError:
-        raise PipelineError(f"{path}: not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise PipelineError(f"{path}: not valid TOML: {exc}") from None
-
-
-def _merge(
-    base: dict[str, Any], top: dict[str, Any], sources: dict[str, str], path: Path, prefix: str = ""
-) -> None:
-    """Deep-merge `top` into `base` (tables merge, everything else replaces), noting who set what."""
-    for key, value in top.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and isinstance(base.get(key), dict) and key not in ("body",):
-            _merge(base[key], value, sources, path, f"{dotted}.")
-        else:
-            base[key] = value
-        sources[dotted] = str(path)
-        if isinstance(value, dict):
-            for inner in _dotted_keys(value, f"{dotted}."):
-                sources[inner] = str(path)
-
-
-def _dotted_keys(table: dict[str, Any], prefix: str) -> list[str]:
-    keys = []
-    for key, value in table.items():
-        keys.append(f"{prefix}{key}")
-        if isinstance(value, dict):
-            keys.extend(_dotted_keys(value, f"{prefix}{key}."))
-    return keys
-
-
-def _load_raw(path: Path, seen: tuple[Path, ...]) -> tuple[dict[str, Any], dict[str, str]]:
-    path = path.resolve()
-    if path in seen:
-        chain = " → ".join(p.name for p in (*seen, path))
-        raise PipelineError(f"{path}: extends loops back on itself ({chain})")
-    data = _read(path)
-    parent = data.get("extends")
-    merged: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    if parent is not None:
-        if not isinstance(parent, str):
-            raise PipelineError(
-                f"{path}: key extends: expected an env name or path, got {parent!r}"
-            )
-        parent_path = resolve(parent) if "/" in parent else path.parent / f"{parent}.toml"
-        merged, sources = _load_raw(parent_path, (*seen, path))
-    _merge(merged, data, sources, path)
-    merged.pop("extends", None)
-    if parent is not None:
-        merged["extends"] = parent
-    return merged, sources
-
-
 def load_env(name_or_path: str | Path = DEFAULT_ENV) -> Env:
     path = resolve(name_or_path)
-    raw, sources = _load_raw(path, ())
+    raw, sources = envfiles.load_raw(path, ())
     raw.setdefault("name", path.stem)
     raw["path"] = path
     raw["sources"] = sources

@@ -35,7 +35,9 @@ KEY_ENV = "PIPELINE_RECEIPT_KEY"
 REDACTED = "[redacted]"
 _COMMON = ("ts", "kind", "run_id", "seq", "phase", "stage", "prev", "hash")
 _READ_CHUNK = 1 << 20
+_BLOCK = 256 << 10  # lines are split a block at a time: memory stays flat
 PARALLEL_MIN_BYTES = 32 << 20
+_TOO_LONG = f"longer than {MAX_LINE} bytes"
 
 
 def runs_dir() -> Path:
@@ -234,6 +236,37 @@ def iter_lines(path: Path, start: int = 0, end: int | None = None) -> Iterator[b
             yield line
 
 
+def _line_blocks(
+    path: Path, start: int = 0, end: int | None = None
+) -> Iterator[tuple[list[bytes], str | None]]:
+    """Lines of path[start:end] without their newline, in lists read a block at a time, each
+    with None, or with what is wrong with its last line, which then ends the blocks: longer
+    than MAX_LINE (cut there, so memory stays flat), or cut short by the end of the range."""
+    with open(path, "rb", buffering=0) as fh:
+        fh.seek(start)
+        left = None if end is None else end - start
+        tail = b""
+        while left is None or left > 0:
+            block = fh.read(_BLOCK if left is None else min(_BLOCK, left))
+            if not block:
+                break
+            if left is not None:
+                left -= len(block)
+            lines = (tail + block).split(b"\n")
+            tail = lines.pop()
+            if lines and max(map(len, lines)) >= MAX_LINE:
+                at = next(n for n, line in enumerate(lines) if len(line) >= MAX_LINE)
+                yield lines[:at] + [lines[at][:MAX_LINE]], _TOO_LONG
+                return
+            if len(tail) >= MAX_LINE:
+                yield lines + [tail[:MAX_LINE]], _TOO_LONG
+                return
+            if lines:
+                yield lines, None
+        if tail:
+            yield [tail], "truncated: the last line has no newline (a write was cut short)"
+
+
 def iter_records(path: Path) -> Iterator[dict[str, Any]]:
     """Records without verification (for display); raises PipelineError on a line that is not JSON."""
     for number, line in enumerate(iter_lines(path), 1):
@@ -259,7 +292,6 @@ class _Range:
     first_seq: int | None = None
     first_prev: str | None = None
     last_hash: str = GENESIS
-    last_digest: bytes = b""
     error_line: int | None = None  # 1-based within the range
     error: str | None = None
     seq_found: int | None = None  # for a seq mismatch: the seq on the bad line
@@ -268,85 +300,119 @@ class _Range:
     collector: Any = None
 
 
+def py_line_digest(line: bytes) -> str | bool | None:
+    """`"sha256:<hex>"` of a line (without newline) whose hash field matches its body; False
+    when the hash field does not match (edited); None when there is none. pipeline/_native.c is
+    the same function in C, used when it was built."""
+    size = len(line)
+    if (
+        size <= SUFFIX_LEN
+        or not line.startswith(HASH_PREFIX, size - SUFFIX_LEN)
+        or not line.endswith(b'"}')
+    ):
+        return None
+    hexd = hashlib.sha256(line[:-SUFFIX_LEN] + b"}").hexdigest()
+    if not line.startswith(hexd.encode(), size - 66):
+        return False
+    return "sha256:" + hexd
+
+
+try:
+    from pipeline._native import line_digest as _line_digest
+except ImportError:  # not built (no compiler or OpenSSL headers): the same in Python
+    _line_digest = py_line_digest
+
+
+def _json_reason(exc: orjson.JSONDecodeError) -> str:
+    return "invalid UTF-8" if "utf-8" in str(exc).lower() else "not JSON"
+
+
+def _unchained_reason(line: bytes, digest: bool | None) -> str:
+    """Why a line's hash field did not check out: it is no JSON, or has no hash, or was edited."""
+    try:
+        orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return _json_reason(exc)
+    if digest is None:
+        return "not a chained receipt: no trailing hash field"
+    return "edited: content does not match its hash"
+
+
 def _scan_range(
     path: Path, start: int, end: int | None, collector: Collector | None, key: bytes | None
 ) -> _Range:
     out = _Range(collector=collector)
     feed = collector.feed if collector is not None else None
-    sha256 = hashlib.sha256
+    line_digest = _line_digest
     loads = orjson.loads
     dumps = orjson.dumps
-    prefix_at, claimed_at = -SUFFIX_LEN - 1, -SUFFIX_LEN - 1 + len(HASH_PREFIX)
     head: str | None = None
     seq = -1
-    prev_digest = b""
-    number = 0
+    last_hash = ""
+    number = 0  # the line being judged; every line before it checked out
 
     def bad(reason: str) -> _Range:
         out.error_line, out.error = number, reason
+        out.lines = number - 1
         if out.lines:
-            out.last_hash, out.last_digest = "sha256:" + last_hex, prev_digest
+            out.last_hash = last_hash
         return out
 
-    sealed = False
-    last_hex = ""
-    for number, line in enumerate(iter_lines(path, start, end), 1):  # noqa: B007
-        if sealed:
-            return bad("receipt after the seal (appended to a finished run)")
-        size = len(line)
-        if size > MAX_LINE:
-            return bad(f"longer than {MAX_LINE} bytes")
-        if not line.endswith(b"\n"):
-            return bad("truncated: the last line has no newline (a write was cut short)")
-        if not line.startswith(HASH_PREFIX, size + prefix_at):
+    blocks = _line_blocks(path, start, end)
+    for lines, problem in blocks:
+        if problem:
+            lines.pop()
+        first = number
+        for line in lines:
+            number += 1
+            digest = line_digest(line)
+            if not digest:
+                return bad(_unchained_reason(line, digest))
             try:
-                loads(line)
-            except orjson.JSONDecodeError:
-                return bad("not JSON")
-            return bad("not a chained receipt: no trailing hash field")
-        hexd = sha256(line[:prefix_at] + b"}").hexdigest()
-        try:
-            record = loads(line)
-        except orjson.JSONDecodeError as exc:
-            return bad("invalid UTF-8" if "utf-8" in str(exc).lower() else "not JSON")
-        if type(record) is not dict:
-            return bad("not a JSON object")
-        digest = hexd.encode()
-        if not line.startswith(digest, size + claimed_at):
-            return bad("edited: content does not match its hash")
-        again = dumps(record)
-        if len(again) != size - 1 or not line.startswith(again):
-            return bad("not canonical JSON (duplicate keys, whitespace or number format)")
-        found = record.get("seq")
-        if head is None:
-            if type(found) is not int:
-                return bad("no seq field")
-            out.first_seq, out.first_prev = found, record.get("prev")
-            if start == 0 and record.get("kind") == "run":
-                out.run = record
-            head = ""
-        elif found != seq + 1:
-            if digest == prev_digest:
-                return bad(f"duplicated: same as line {number - 1}")
-            out.seq_found = found if type(found) is int else None
-            return bad("seq")
-        else:
-            prev = record.get("prev")
-            if type(prev) is not str or prev[7:] != last_hex or not prev.startswith("sha256:"):
+                record = loads(line)
+            except orjson.JSONDecodeError as exc:
+                return bad(_json_reason(exc))
+            if type(record) is not dict:
+                return bad("not a JSON object")
+            if dumps(record) != line:
+                return bad("not canonical JSON (duplicate keys, whitespace or number format)")
+            found = record.get("seq")
+            if head is None:
+                if type(found) is not int:
+                    return bad("no seq field")
+                out.first_seq, out.first_prev = found, record.get("prev")
+                if start == 0 and record.get("kind") == "run":
+                    out.run = record
+                head = ""
+            elif found != seq + 1:
+                if digest == last_hash:
+                    return bad(f"duplicated: same as line {number - 1}")
+                out.seq_found = found if type(found) is int else None
+                return bad("seq")
+            elif record.get("prev") != last_hash:
                 return bad("broken chain: prev is not the hash of the line before")
-        seq = found
-        if record.get("kind") == "seal":
-            problem = _seal_problem(record, key)
-            if problem:
-                return bad(problem)
-            sealed = out.sealed = True
-        elif feed is not None:
-            feed(record)
-        prev_digest = digest
-        last_hex = hexd
-        out.lines = number
-    if out.lines:
-        out.last_hash, out.last_digest = "sha256:" + last_hex, prev_digest
+            seq = found
+            if record.get("kind") == "seal":
+                reason = _seal_problem(record, key)
+                if reason:
+                    return bad(reason)
+                last_hash = digest
+                out.sealed = True
+                break
+            if feed is not None:
+                feed(record)
+            last_hash = digest
+        if out.sealed:
+            if number - first < len(lines) or problem or next(blocks, None):
+                number += 1
+                return bad("receipt after the seal (appended to a finished run)")
+            break
+        if problem:
+            number += 1
+            return bad(problem)
+    out.lines = number
+    if number:
+        out.last_hash = last_hash
     return out
 
 

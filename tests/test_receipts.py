@@ -103,10 +103,13 @@ def hand_file(path: Path, bodies: list[dict[str, Any]]) -> list[str]:
 
 
 @contextlib.contextmanager
-def parallel_scan(enabled: bool, workers: int = 8) -> Iterator[None]:
-    """Force the forked parallel reader on tiny files (and more ranges than this machine's cores)."""
+def parallel_scan(enabled: bool | str, workers: int = 8) -> Iterator[None]:
+    """Force the forked parallel reader on tiny files (and more ranges than this machine's cores);
+    "python": the serial reader with the Python twin of pipeline/_native.c's line_digest."""
     with pytest.MonkeyPatch.context() as mp:
-        if enabled:
+        if enabled == "python":
+            mp.setattr(receipts, "_line_digest", receipts.py_line_digest)
+        elif enabled:
             mp.setattr(receipts, "PARALLEL_MIN_BYTES", 64)
             mp.setattr(receipts.os, "cpu_count", lambda: workers)
         yield
@@ -145,14 +148,18 @@ def fresh(scratch: Path) -> Path:
     return scratch / f"{uuid.uuid4().hex}.jsonl"
 
 
-def judge(scratch: Path, data: bytes, parallel: bool, workers: int = 4) -> receipts.Verification:
+def judge(
+    scratch: Path, data: bytes, parallel: bool | str, workers: int = 4
+) -> receipts.Verification:
     path = fresh(scratch)
     path.write_bytes(data)
     with parallel_scan(parallel, workers):
         return receipts.verify(path)
 
 
-MODES = pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+MODES = pytest.mark.parametrize(
+    "parallel", [False, True, "python"], ids=["serial", "parallel", "python-digest"]
+)
 
 
 # ---------------------------------------------------------------------------------------------
