@@ -25,19 +25,26 @@ def resolve(name_or_path: str | Path) -> Path:
     return ENVS_DIR / f"{text}.toml"
 
 
-def _read(path: Path) -> dict[str, Any]:
+def read_toml(path: Path, noun: str) -> dict[str, Any]:
+    """A TOML file's tables, or a PipelineError naming the file and what is wrong with it."""
     try:
         with open(path, "rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
-        known = ", ".join(sorted(p.stem for p in ENVS_DIR.glob("*.toml")))
-        raise PipelineError(f"{path}: no such env file (envs: {known})") from None
+        raise PipelineError(f"{path}: no such {noun}") from None
     except IsADirectoryError:
-        raise PipelineError(f"{path}: is a directory, not an env file") from None
+        raise PipelineError(f"{path}: is a directory, not a {noun}") from None
     except UnicodeDecodeError:
         raise PipelineError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise PipelineError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in ENVS_DIR.glob("*.toml")))
+        raise PipelineError(f"{path}: no such env file (envs: {known})")
+    return read_toml(path, "env file")
 
 
 def _merge(

@@ -9,6 +9,7 @@ Missing data fails (unlike k6): every aggregation but `count` needs at least one
 
 from __future__ import annotations
 
+import collections
 import math
 import operator
 import re
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 from pipeline import receipts
 from pipeline.errors import PipelineError
 
+_select: Callable[[array[float], int], float] | None
 try:
     from pipeline._native import select as _select
 except ImportError:  # not built: Ranked sorts instead
@@ -90,6 +92,15 @@ class Metric:
     help: str
     per_second: bool = False  # samples are counts of matching records per second of `sent_s`
     cross_check: bool = False  # samples come from comparing records with each other (see below)
+    fields: tuple[str, ...] = ()  # the fields `extract` (or the cross-check) reads
+
+    def reads(self) -> tuple[str, ...]:
+        found = getattr(self.extract, "field", None)
+        return (
+            *self.fields,
+            *((found,) if found else ()),
+            *(("sent_s",) if self.per_second else ()),
+        )
 
 
 def _field(name: str) -> Extract:
@@ -149,10 +160,13 @@ _EVIDENCE_KINDS = (
 REGISTRY: dict[str, Metric] = {
     "startup.seconds": Metric(("startup",), _field("seconds"), "time from start to ready"),
     "smoke.passed": Metric(
-        ("receipt",), _flag("passed", True), "one sample per passing smoke test"
+        ("receipt",), _flag("passed", True), "one sample per passing smoke test", fields=("passed",)
     ),
     "smoke.failed": Metric(
-        ("receipt",), _flag("passed", False), "one sample per failing smoke test"
+        ("receipt",),
+        _flag("passed", False),
+        "one sample per failing smoke test",
+        fields=("passed",),
     ),
     "smoke.total": Metric(("receipt",), _one, "one sample per smoke test"),
     "http.latency_ms": Metric(
@@ -161,7 +175,9 @@ REGISTRY: dict[str, Metric] = {
     "http.success": Metric(
         ("request",), _bool("passed"), "1 per passing request, 0 per failing one"
     ),
-    "http.failed": Metric(("request",), _flag("passed", False), "one sample per failing request"),
+    "http.failed": Metric(
+        ("request",), _flag("passed", False), "one sample per failing request", fields=("passed",)
+    ),
     "http.rps": Metric(("request",), _one, "requests sent per second", per_second=True),
     "memory.mb": Metric(("metrics",), _field("rss_mb"), "resident memory of the release, MB"),
     "cpu.percent": Metric(("metrics",), _field("cpu_percent"), "CPU of the release, % of one core"),
@@ -176,26 +192,38 @@ REGISTRY: dict[str, Metric] = {
             else None
         ),
         "one sample per moment with fewer instances than the in-flight requests needed",
+        fields=("instances", "instances_needed"),
     ),
     "receipts": Metric(_EVIDENCE_KINDS, _one, "evidence receipts (not run/stage/gate/seal)"),
     "captured.receipts": Metric(("capture",), _field("count"), "receipts the release printed"),
-    "stages.passed": Metric(("stage",), _stage_end(True), "one sample per passed stage"),
-    "stages.failed": Metric(("stage",), _stage_end(False), "one sample per failed stage"),
+    "stages.passed": Metric(
+        ("stage",), _stage_end(True), "one sample per passed stage", fields=("event", "passed")
+    ),
+    "stages.failed": Metric(
+        ("stage",), _stage_end(False), "one sample per failed stage", fields=("event", "passed")
+    ),
     "shutdown.exit_status": Metric(("shutdown",), _field("exit_status"), "exit status at stop"),
-    "constraints.failed": Metric(("constraint",), _flag("passed", False), "failed sandbox checks"),
-    "constraints.passed": Metric(("constraint",), _flag("passed", True), "proven sandbox checks"),
+    "constraints.failed": Metric(
+        ("constraint",), _flag("passed", False), "failed sandbox checks", fields=("passed",)
+    ),
+    "constraints.passed": Metric(
+        ("constraint",), _flag("passed", True), "proven sandbox checks", fields=("passed",)
+    ),
     "memory.oom_kills": Metric(
         ("oom",), _one, "one sample per OOM kill of the sandbox (cgroup failcnt, exit 137)"
     ),
     "pilot.operations": Metric(("operation",), _one, "one sample per pilot operation"),
     "pilot.accuracy": Metric(("operation",), _bool("matched"), "1 per matched answer, 0 otherwise"),
-    "pilot.mismatches": Metric(("operation",), _flag("matched", False), "one per mismatch"),
+    "pilot.mismatches": Metric(
+        ("operation",), _flag("matched", False), "one per mismatch", fields=("matched",)
+    ),
     "revenue.records": Metric(("revenue",), _one, "one sample per revenue record"),
     "revenue.consistent": Metric(
         ("operation", "revenue"),
         _one,
         "1 per revenue record whose billable count and amount agree with the operation receipts",
         cross_check=True,
+        fields=("billable", "matched", "billable_operations", "amount", "price"),
     ),
     "rollbacks": Metric(("rollback",), _one, "one sample per rollback"),
     "traffic.percent": Metric(("traffic",), _field("percent"), "traffic share of the candidate"),
@@ -296,7 +324,12 @@ class MetricCollector:
         self.ledgers: dict[str, dict[str, Any]] = {}  # cross-checked metrics' running state
         self.counted: dict[str, tuple[str, ...]] = {}  # one sample per record of these kinds
         self.kind_counts: dict[str, int] = {}
+        self._kinds: list[str] = []
         self._by_kind: dict[str, list[Callable[[dict[str, Any]], None]]] = {}
+        reads = {"kind"}
+        for key in keys:
+            reads.update(REGISTRY[key.name].reads(), (name for name, _ in key.filters))
+        self.fields: tuple[str, ...] | None = tuple(sorted(reads))  # what feed() reads
         for key in keys:
             if key.source in self.samples:
                 continue
@@ -373,28 +406,37 @@ class MetricCollector:
         return handle
 
     def _feeder(self) -> Callable[[dict[str, Any]], None]:
-        counts, handlers_of = self.kind_counts, self._by_kind.get
+        note_kind = self._kinds.append  # counted in C when the results are asked for
+        dispatch = {kind: _in_turn(handlers) for kind, handlers in self._by_kind.items()}
+        handler_of = dispatch.get
 
         def feed(record: dict[str, Any]) -> None:
-            kind = record.get("kind")
-            counts[kind] = counts.get(kind, 0) + 1  # type: ignore[index, arg-type]
-            handlers = handlers_of(kind)  # type: ignore[arg-type]
-            if handlers is not None:
-                for handle in handlers:
-                    handle(record)
+            kind: Any = record.get("kind")
+            note_kind(kind)
+            handle = handler_of(kind)
+            if handle is not None:
+                handle(record)
 
         return feed
 
+    def _count_kinds(self) -> None:
+        for kind, n in collections.Counter(self._kinds).items():
+            self.kind_counts[kind] = self.kind_counts.get(kind, 0) + n
+        self._kinds.clear()
+
     def __getstate__(self) -> dict[str, Any]:
+        self._count_kinds()
         state = ("samples", "buckets", "ledgers", "counted", "kind_counts")
         return {name: getattr(self, name) for name in state}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         for name, value in state.items():
             setattr(self, name, value)
-        self._by_kind = {}  # results only travel between processes, not the dispatch
+        self._by_kind, self._kinds = {}, []  # results travel between processes, not the dispatch
 
     def merge(self, later: MetricCollector) -> None:
+        self._count_kinds()
+        later._count_kinds()
         for kind, n in later.kind_counts.items():
             self.kind_counts[kind] = self.kind_counts.get(kind, 0) + n
         for name, values in later.samples.items():
@@ -408,6 +450,7 @@ class MetricCollector:
             self.ledgers[name]["revenues"].extend(ledger["revenues"])
 
     def values(self) -> dict[str, Sequence[float]]:
+        self._count_kinds()
         out: dict[str, Sequence[float]] = dict(self.samples)
         for name, kinds in self.counted.items():
             out[name] = array("d", [1.0]) * sum(self.kind_counts.get(k, 0) for k in kinds)
@@ -418,6 +461,27 @@ class MetricCollector:
             claims = ledger["revenues"]
             out[name] = array("d", (_agrees(ledger["billable"], *claim) for claim in claims))
         return out
+
+
+def _in_turn(
+    handlers: list[Callable[[dict[str, Any]], None]],
+) -> Callable[[dict[str, Any]], None]:
+    if len(handlers) == 1:
+        return handlers[0]
+    if len(handlers) == 2:
+        first, second = handlers
+
+        def both(record: dict[str, Any]) -> None:
+            first(record)
+            second(record)
+
+        return both
+
+    def each(record: dict[str, Any]) -> None:
+        for handle in handlers:
+            handle(record)
+
+    return each
 
 
 def _agrees(billable: int, claimed: Any, amount: Any, price: Any) -> float:
@@ -455,10 +519,11 @@ class Ranked:
         return self._size
 
     def __getitem__(self, rank: int) -> float:
-        if self._sorted is not None:
-            return self._sorted[rank]
         if not 0 <= rank < self._size:
             raise IndexError(rank)
+        if self._sorted is not None:
+            return self._sorted[rank]
+        assert _select is not None  # without it the samples were sorted
         return float(_select(self._copy, rank))
 
 

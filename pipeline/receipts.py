@@ -277,7 +277,12 @@ def iter_records(path: Path) -> Iterator[dict[str, Any]]:
 
 
 class Collector(Protocol):
-    """Consumes verified records; results of collectors fed disjoint parts of a file merge in order."""
+    """Consumes verified records; results of collectors fed disjoint parts of a file merge in order.
+
+    `fields`: the top-level fields `feed` reads, or None for whole records. A record fed may
+    then hold just those (and `hash`): scalars are copied from the line, no full parse."""
+
+    fields: tuple[str, ...] | None
 
     def feed(self, record: dict[str, Any]) -> None: ...
 
@@ -317,10 +322,39 @@ def py_line_digest(line: bytes) -> str | bool | None:
     return "sha256:" + hexd
 
 
+def _no_link(line: bytes, prev: str, seq: int, fields: tuple[str, ...]) -> dict[str, Any] | None:
+    return None  # without the C module every line takes the reference checks
+
+
+def _orjson_positional() -> tuple[int, int] | None:
+    """The decimal exponents of the magnitudes the installed orjson writes positionally (about
+    -5..15), or None when its floats do not look as _native.link expects."""
+    dumps = orjson.dumps
+    samples = [(0.0, b"0.0"), (-0.0, b"-0.0"), (0.5, b"0.5"), (100.0, b"100.0"), (-2.25, b"-2.25")]
+    if any(dumps(value) != text for value, text in samples):
+        return None
+
+    def positional(exponent: int) -> bool:
+        return all(b"e" not in dumps(m * 10.0**exponent) for m in (1.0, 1.5, 9.75))
+
+    small = next(e for e in range(0, -30, -1) if not positional(e - 1))
+    large = next(e for e in range(0, 30) if not positional(e + 1))
+    return small, large
+
+
 try:
-    from pipeline._native import line_digest as _line_digest
+    from pipeline import _native
 except ImportError:  # not built (no compiler or OpenSSL headers): the same in Python
-    _line_digest = py_line_digest
+    _line_digest: Callable[[bytes], str | bool | None] = py_line_digest
+    _link: Callable[[bytes, str, int, tuple[str, ...]], dict[str, Any] | None] = _no_link
+else:
+    _line_digest = _native.line_digest
+    _positional = _orjson_positional()
+    if _positional is None:
+        _link = _no_link
+    else:
+        _native.configure(*_positional)
+        _link = _native.link
 
 
 def _json_reason(exc: orjson.JSONDecodeError) -> str:
@@ -343,12 +377,15 @@ def _scan_range(
 ) -> _Range:
     out = _Range(collector=collector)
     feed = collector.feed if collector is not None else None
-    line_digest = _line_digest
+    wanted = collector.fields if collector is not None else ()
+    fields = wanted or ()
+    whole = wanted is None  # the collector reads whole records: parse every line
+    link, line_digest = _link, _line_digest
     loads = orjson.loads
     dumps = orjson.dumps
     head: str | None = None
     seq = -1
-    last_hash = ""
+    last_hash = "\n"  # no prev is this: the range's first line takes the reference checks
     number = 0  # the line being judged; every line before it checked out
 
     def bad(reason: str) -> _Range:
@@ -365,40 +402,48 @@ def _scan_range(
         first = number
         for line in lines:
             number += 1
-            digest = line_digest(line)
-            if not digest:
-                return bad(_unchained_reason(line, digest))
-            try:
-                record = loads(line)
-            except orjson.JSONDecodeError as exc:
-                return bad(_json_reason(exc))
-            if type(record) is not dict:
-                return bad("not a JSON object")
-            if dumps(record) != line:
-                return bad("not canonical JSON (duplicate keys, whitespace or number format)")
-            found = record.get("seq")
-            if head is None:
-                if type(found) is not int:
-                    return bad("no seq field")
-                out.first_seq, out.first_prev = found, record.get("prev")
-                if start == 0 and record.get("kind") == "run":
-                    out.run = record
-                head = ""
-            elif found != seq + 1:
-                if digest == last_hash:
-                    return bad(f"duplicated: same as line {number - 1}")
-                out.seq_found = found if type(found) is int else None
-                return bad("seq")
-            elif record.get("prev") != last_hash:
-                return bad("broken chain: prev is not the hash of the line before")
-            seq = found
-            if record.get("kind") == "seal":
-                reason = _seal_problem(record, key)
-                if reason:
-                    return bad(reason)
-                last_hash = digest
-                out.sealed = True
-                break
+            record = link(line, last_hash, seq + 1, fields)  # surely good (no seal), or None
+            if record is not None:
+                digest = record["hash"]
+                if whole:
+                    record = loads(line)
+                seq += 1
+            else:  # the reference checks, which say what is wrong
+                checked = line_digest(line)
+                if not isinstance(checked, str):
+                    return bad(_unchained_reason(line, checked))
+                digest = checked
+                try:
+                    record = loads(line)
+                except orjson.JSONDecodeError as exc:
+                    return bad(_json_reason(exc))
+                if type(record) is not dict:
+                    return bad("not a JSON object")
+                if dumps(record) != line:
+                    return bad("not canonical JSON (duplicate keys, whitespace or number format)")
+                found = record.get("seq")
+                if head is None:
+                    if type(found) is not int:
+                        return bad("no seq field")
+                    out.first_seq, out.first_prev = found, record.get("prev")
+                    if start == 0 and record.get("kind") == "run":
+                        out.run = record
+                    head = ""
+                elif found != seq + 1:
+                    if digest == last_hash:
+                        return bad(f"duplicated: same as line {number - 1}")
+                    out.seq_found = found if type(found) is int else None
+                    return bad("seq")
+                elif record.get("prev") != last_hash:
+                    return bad("broken chain: prev is not the hash of the line before")
+                seq = found
+                if record.get("kind") == "seal":
+                    reason = _seal_problem(record, key)
+                    if reason:
+                        return bad(reason)
+                    last_hash = digest
+                    out.sealed = True
+                    break
             if feed is not None:
                 feed(record)
             last_hash = digest

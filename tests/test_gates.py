@@ -520,3 +520,40 @@ def test_judge_file_records_and_find_passing_reverifies(tmp_path: Path, week3) -
     # the run it came from no longer verifies: the old pass does not count
     good.write_bytes(good.read_bytes().replace(b'"rss_mb":140.0', b'"rss_mb":14.0'))
     assert verdicts.find_passing("week3", sha) is None
+
+
+def test_collector_sees_the_same_with_projected_and_whole_records(tmp_path: Path) -> None:
+    """The C fast path hands collectors only the fields they declare: every metric must come out
+    as it does from whole records (the reference path, without the C module)."""
+    path = tmp_path / "r.jsonl"
+    with ReceiptWriter(path, run_id="r", phase="week3") as w:
+        w.write("run", release={"name": "tai"})
+        w.write("startup", "start", seconds=0.8)
+        for passed in (True, False):
+            w.write("stage", "start", event="end", passed=passed, seconds=1.5)
+            w.write("receipt", "smoke", test="health", passed=passed)
+            w.write("constraint", "sandbox", check="ro", passed=passed, detail={"nested": [1]})
+            w.write("operation", "pilot", billable=True, matched=passed)
+        for n in range(40):
+            w.write("request", "load", method="GET", latency_ms=n + 0.5, sent_s=n / 9,
+                    passed=n % 7 != 0, target="t", status=200, error=None)  # fmt: skip
+            w.write("metrics", "monitor", rss_mb=100 + n, cpu_percent=n / 4, instances=n % 3,
+                    instances_needed=n % 4)  # fmt: skip
+        w.write("revenue", "pilot", billable_operations=1, amount=5.0, price=5.0)
+        w.write("traffic", "canary", percent=10)
+        w.write("shutdown", "stop", exit_status=0)
+        w.write("capture", "stop", count=9)
+        w.write("error", "load", message="x")
+        w.write("oom", "sandbox", failcnt=1)
+        w.write("rollback", "canary", reason="r")
+        w.seal()
+    keys = [gates.parse_metric(name) for name in gates.REGISTRY]
+    keys.append(gates.parse_metric("http.latency_ms{stage:load,method:GET}"))
+    projected_v, projected = receipts.scan(path, lambda: gates.MetricCollector(keys))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(receipts, "_link", receipts._no_link)
+        whole_v, whole = receipts.scan(path, lambda: gates.MetricCollector(keys))
+    assert projected_v.ok and whole_v.ok
+    got = {k: list(v) for k, v in projected.values().items()}
+    assert got == {k: list(v) for k, v in whole.values().items()}
+    assert all(got[name] for name in gates.REGISTRY), [n for n in gates.REGISTRY if not got[n]]

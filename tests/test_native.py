@@ -124,3 +124,171 @@ def test_percentiles_over_a_million_samples_match_sorting(monkeypatch, built: bo
     assert samples == before  # ranks come from a private copy: the samples keep their order
     with pytest.raises(IndexError):
         ranked[len(samples)]
+
+
+# ---------------------------------------------------------------------------------------------
+# link: the fast path accepts only what the reference checks accept
+
+
+GENESIS = "sha256:" + "0" * 64
+
+
+def chain_body(body: bytes) -> bytes:
+    """The chained line of a body B written verbatim (canonical or not): B's hash appended."""
+    digest = hashlib.sha256(body).hexdigest()
+    return body[:-1] + b',"hash":"sha256:' + digest.encode() + b'"}'
+
+
+def reference_accepts(line: bytes, prev: str, seq: int) -> bool:
+    """What receipts._scan_range's reference checks decide about a line after `prev`, `seq`."""
+    import orjson
+
+    if not isinstance(receipts.py_line_digest(line), str):
+        return False
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return (
+        type(record) is dict
+        and orjson.dumps(record) == line
+        and record.get("seq") == seq
+        and type(record.get("seq")) is int
+        and record.get("prev") == prev
+    )
+
+
+ascii_text = st.text(  # what needs no escape: the writer's usual strings
+    st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters='"\\'), max_size=40
+)
+typical_values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(10**18) + 1, 10**18 - 1),
+        st.floats(1e-4, 1e9).map(lambda x: round(x, 3)),
+        ascii_text,
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(ascii_text, inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+typical_records = st.dictionaries(
+    st.text(st.characters(min_codepoint=0x61, max_codepoint=0x7A), min_size=1, max_size=10).filter(
+        lambda k: k not in ("seq", "prev", "hash")
+    ),
+    typical_values,
+    max_size=15,
+)
+
+
+@SETTINGS
+@given(fields=typical_records, seq=st.integers(0, 10**12))
+def test_link_takes_the_fast_path_for_what_the_writer_writes(fields: dict, seq: int) -> None:
+    import orjson
+
+    record = {**fields, "seq": seq, "prev": GENESIS, "kind": "request"}
+    line = chain_body(orjson.dumps(record, option=orjson.OPT_SORT_KEYS))
+    expected = "sha256:" + hashlib.sha256(line[:-82] + b"}").hexdigest()
+    scalars = tuple(k for k, v in record.items() if not isinstance(v, dict | list))
+    found = receipts._link(line, GENESIS, seq, scalars)
+    assert found == {"hash": expected, **{k: record[k] for k in scalars}}
+    assert all(type(found[k]) is type(orjson.loads(line)[k]) for k in scalars)
+    assert receipts._link(line, GENESIS, seq + 1, ()) is None  # another seq: not this line
+    assert receipts._link(line, "sha256:" + "1" * 64, seq, ()) is None  # another prev
+    nested = [k for k, v in record.items() if isinstance(v, dict | list)]
+    if nested:  # an object or array is not copied: the caller parses the line
+        assert receipts._link(line, GENESIS, seq, (nested[0],)) is None
+
+
+def number_spellings(x: float) -> st.SearchStrategy[str]:
+    return st.sampled_from(
+        [repr(x), f"{x:.1f}", f"{x:.3f}", f"{x:.6f}", f"{x:.17g}", f"{x:e}", f"{x:E}", f"{x}0"]
+    )
+
+
+token = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False).flatmap(number_spellings),
+    st.integers(-(2**70), 2**70).map(str),
+    st.sampled_from(["-0", "0", "-0.0", "0.0", "1.0", "1.50", "01", "1e5", "1E+05", "0.00001"]),
+    st.sampled_from(["0.000001", "1000000000000000.0", "10000000000000000.0", "true", "null"]),
+    st.sampled_from(["0.0000099", "0.000010", "999999999999999.9", "0.1234567890123456", "0.00"]),
+    st.sampled_from(['"\x7f"', '"\\u007f"', '"a/b"', '"\\/"', "[]", "{}", '{"b":1,"a":2}']),
+    st.text(max_size=6).map(lambda t: json.dumps(t, ensure_ascii=False)),
+    st.text(max_size=6).map(json.dumps),
+)
+key = st.sampled_from(['"a"', '"b"', '"seq"', '"prev"', '"hash"', '"z"', '"a "', '"\\u0061"'])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    pairs=st.lists(st.tuples(key, token), max_size=5),
+    seq=st.integers(0, 3),
+    spacing=st.sampled_from(["", " "]),
+    order=st.booleans(),
+)
+def test_link_never_accepts_what_the_reference_refuses(
+    pairs: list, seq: int, spacing: str, order: bool
+) -> None:
+    """Hand-spelled bodies (any number format, escapes, spaces, duplicate or unsorted keys,
+    with a valid hash over them): the fast path may be unsure, never wrong."""
+    fields = [*pairs, ('"seq"', str(seq)), ('"prev"', json.dumps(GENESIS))]
+    if order:
+        fields.sort()
+    body = ("{" + ",".join(f"{k}:{spacing}{v}" for k, v in fields) + "}").encode()
+    line = chain_body(body)
+    import orjson
+
+    names = tuple({k.strip('"') for k, _ in pairs if k.isascii()} | {"seq", "prev"})
+    found = native().link(line, GENESIS, seq, names)
+    if found is not None:
+        assert reference_accepts(line, GENESIS, seq), line
+        parsed = orjson.loads(line)
+        assert found == {k: parsed[k] for k in (*names, "hash") if k in parsed}
+
+
+def test_link_is_sure_of_load_receipts(tmp_path) -> None:
+    """A week-3 run's request receipts take the fast path (all but the first line and the seal)."""
+    from pipeline.receipts import ReceiptWriter
+
+    path = tmp_path / "r.jsonl"
+    with ReceiptWriter(path, run_id="r", phase="week3") as writer:
+        writer.write("run", tool="t", release={"name": "tai", "sha256": "ab" * 32})
+        for n in range(50):
+            writer.write(
+                "request",
+                "load",
+                endpoint="/health",
+                method="GET",
+                status=200,
+                latency_ms=round(1.5 + n / 7, 3),
+                scheduled_s=n / 10,
+                sent_s=round(n / 10 + 0.000125, 6),
+                passed=True,
+                error=None,
+            )
+        writer.seal()
+    lines = path.read_bytes().splitlines()
+    prev = "sha256:" + hashlib.sha256(lines[0][:-82] + b"}").hexdigest()
+    for seq, line in enumerate(lines[1:-1], 1):
+        found = receipts._link(line, prev, seq, ("kind", "latency_ms", "passed"))
+        assert found is not None, line
+        assert found == {
+            "kind": "request",
+            "latency_ms": round(1.5 + (seq - 1) / 7, 3),
+            "passed": True,
+            "hash": found["hash"],
+        }
+        prev = found["hash"]
+    assert receipts._link(lines[-1], prev, len(lines) - 1, ()) is None  # the seal: judged in full
+
+
+def test_orjson_positional_range_is_what_orjson_writes() -> None:
+    import orjson
+
+    small, large = receipts._orjson_positional()  # type: ignore[misc]
+    for exponent in range(small, large + 1):
+        assert b"e" not in orjson.dumps(1.5 * 10.0**exponent)
+    assert b"e" in orjson.dumps(1.5 * 10.0 ** (small - 1))
+    assert b"e" in orjson.dumps(1.5 * 10.0 ** (large + 1))

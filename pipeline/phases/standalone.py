@@ -11,7 +11,6 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +111,9 @@ def load(
                 load_targets(env.smoke),
                 connections,
                 duration,
-                on_result=lambda r: None if run.write("request", "load", **asdict(r)) else None,
+                on_result=lambda r: (
+                    None if run.write("request", "load", **r.as_receipt()) else None
+                ),
                 on_tick=lambda t: run.view.load_tick(t.elapsed_s, t.rps, t.p95_ms, t.sent),
             )
         finally:

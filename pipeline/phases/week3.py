@@ -250,7 +250,7 @@ def run_load_stage(
     targets = load_targets(run.env.smoke, plan.endpoints)
 
     def on_result(result: RequestResult) -> None:
-        run.write("request", stage_name, **asdict(result))
+        run.write("request", stage_name, **result.as_receipt())
 
     def on_tick(tick: Tick) -> None:
         run.view.load_tick(tick.elapsed_s, tick.rps, tick.p95_ms, tick.sent)

@@ -152,6 +152,8 @@ def _capped(items: list[Any], item: Any, cap: int) -> int:
 class ReportCollector:
     """Feeds verified records into the report's aggregates. Merges in file order (parallel scan)."""
 
+    fields: tuple[str, ...] | None = None  # reads whole records
+
     def __init__(self, max_bins: int = MAX_BINS) -> None:
         self.max_bins = max_bins
         self.shift = 0  # bins are 2**shift seconds wide
