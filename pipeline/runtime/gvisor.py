@@ -41,7 +41,7 @@ from typing import Any
 from pipeline.errors import PipelineError
 from pipeline.runtime.base import LaunchSpec, StartupFailed, Stats
 from pipeline.runtime.process import LogPump, exit_status, free_port
-from pipeline.runtime.readiness import NotReady, wait_until_ready
+from pipeline.runtime.readiness import NotReady, not_ready_reason
 from pipeline.waiting import WaitTimeout, poll
 
 INSTALL = "apt-get install -y runsc"
@@ -543,17 +543,8 @@ class GvisorInstance:
         return self.proc.poll() is None
 
     def wait_ready(self, timeout: float) -> float:
-        try:
-            wait_until_ready(
-                self.url,
-                timeout=timeout,
-                alive=self.alive,
-                ready_path=self.spec.ready_path,
-                fallback_path=self.spec.fallback_ready_path,
-                interval=self.spec.poll_interval_s,
-            )
-        except NotReady as exc:
-            reason = str(exc)
+        reason = not_ready_reason(self.url, self.spec, self.alive, timeout)
+        if reason is not None:
             if not self.alive():
                 self._pump.join(1.0)
                 oom = self.oom_kill()
@@ -566,7 +557,7 @@ class GvisorInstance:
                 runsc_error = self.sandbox.runsc_error()
                 if runsc_error and not oom:
                     reason += f": {runsc_error}"
-            raise StartupFailed(reason, self.logs(50)) from None
+            raise StartupFailed(reason, self.logs(50))
         return time.monotonic() - self.started_at
 
     def stats(self) -> Stats:

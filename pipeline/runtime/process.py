@@ -14,7 +14,7 @@ from typing import IO
 import psutil
 
 from pipeline.runtime.base import Capture, LaunchSpec, StartupFailed, Stats
-from pipeline.runtime.readiness import NotReady, wait_until_ready
+from pipeline.runtime.readiness import not_ready_reason
 
 BASE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "HOME")
 LOG_LINES = 500
@@ -80,23 +80,14 @@ class ProcessInstance:
         return self.proc.poll() is None
 
     def wait_ready(self, timeout: float) -> float:
-        try:
-            wait_until_ready(
-                self.url,
-                timeout=timeout,
-                alive=self.alive,
-                ready_path=self.spec.ready_path,
-                fallback_path=self.spec.fallback_ready_path,
-                interval=self.spec.poll_interval_s,
-            )
-        except NotReady as exc:
-            reason = str(exc)
+        reason = not_ready_reason(self.url, self.spec, self.alive, timeout)
+        if reason is not None:
             if not self.alive():
                 self._pump.join(1.0)
                 reason = (
                     f"exited with status {exit_status(self.proc.returncode)} before it was ready"
                 )
-            raise StartupFailed(reason, self.logs(50)) from None
+            raise StartupFailed(reason, self.logs(50))
         return time.monotonic() - self.started_at
 
     def _tree(self) -> list[psutil.Process]:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import http.client
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from pipeline.waiting import WaitTimeout, poll
+
+if TYPE_CHECKING:
+    from pipeline.runtime.base import LaunchSpec
 
 
 class NotReady(Exception):
@@ -63,3 +67,22 @@ def wait_until_ready(
     except WaitTimeout:
         seen = "nothing answered" if not state["status"] else f"last status {state['status']}"
         raise NotReady(f"not ready after {timeout:g} s on {state['path']} ({seen})") from None
+
+
+def not_ready_reason(
+    url: str, spec: LaunchSpec, alive: Callable[[], bool], timeout: float
+) -> str | None:
+    """None once the instance at `url` answers ready within `timeout`; else why it did not.
+    (Each runtime then adds what it knows: an exit status, an OOM kill, a lost connection.)"""
+    try:
+        wait_until_ready(
+            url,
+            timeout=timeout,
+            alive=alive,
+            ready_path=spec.ready_path,
+            fallback_path=spec.fallback_ready_path,
+            interval=spec.poll_interval_s,
+        )
+    except NotReady as exc:
+        return str(exc)
+    return None

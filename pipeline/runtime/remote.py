@@ -80,7 +80,7 @@ from pipeline import release as releases
 from pipeline.errors import PipelineError
 from pipeline.runtime import gvisor
 from pipeline.runtime.base import Capture, LaunchSpec, StartupFailed, Stats
-from pipeline.runtime.readiness import NotReady, wait_until_ready
+from pipeline.runtime.readiness import NotReady, not_ready_reason
 from pipeline.waiting import WaitTimeout, poll
 
 # paramiko logs every refused forward (each readiness poll before the release listens) as a
@@ -1558,17 +1558,8 @@ class RemoteInstance:
     def wait_ready(self, timeout: float) -> float:
         if self.failure is not None:
             raise StartupFailed(self.failure, self.logs(50))
-        try:
-            wait_until_ready(
-                self.url,
-                timeout=timeout,
-                alive=self.alive,
-                ready_path=self.spec.ready_path,
-                fallback_path=self.spec.fallback_ready_path,
-                interval=self.spec.poll_interval_s,
-            )
-        except NotReady as exc:
-            reason = str(exc)
+        reason = not_ready_reason(self.url, self.spec, self.alive, timeout)
+        if reason is not None:
             if self.conn is not None and self.conn.lost:
                 reason = self.conn.lost
             elif self._exit is not None:
@@ -1579,7 +1570,7 @@ class RemoteInstance:
                 last = [] if oom else runsc_log(self.conn, self._runsc_log_path(), 20)
                 if last:
                     reason += f": {last[-1].removeprefix('runsc: ')}"
-            raise StartupFailed(reason, self.logs(50)) from None
+            raise StartupFailed(reason, self.logs(50))
         return time.monotonic() - self.started_at
 
     def stats(self) -> Stats:
