@@ -21,12 +21,16 @@ RESPONSES = {
     b"/nocontent": b"HTTP/1.1 204 No Content\r\n\r\n",
     b"/continue": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
     b"/head": b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
+    b"/missing": b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\nno",
+    b"/bye": b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: CLOSE\r\n\r\nbye",
 }
 
 
 class Upstream(asyncio.Protocol):
     """Answers by path; /echo echoes the body, /close ends the body by closing, /die closes at
     once, /slow answers after 0.5 s."""
+
+    answered = 0
 
     def connection_made(self, transport: Any) -> None:
         self.t = transport
@@ -60,6 +64,13 @@ class Upstream(asyncio.Protocol):
             self.t.close()
         elif path == b"/die":
             self.t.abort()
+        elif path == b"/count":
+            Upstream.answered += 1
+            n = b"%d" % Upstream.answered
+            self.t.write(b"HTTP/1.1 200 OK\r\nCONTENT-length: %d\r\n\r\n%s" % (len(n), n))
+        elif path == b"/bye":
+            self.t.write(RESPONSES[path])
+            self.t.close()
         elif path == b"/slow":
             asyncio.get_running_loop().call_later(0.5, self.t.write, RESPONSES[b"/length"])
         else:
@@ -256,3 +267,33 @@ def test_a_drained_instance_gets_no_new_requests_and_is_reported_idle():
         assert status == 200 and idle == [busy]
 
     run(scenario, slots=2)
+
+
+def test_a_keep_alive_client_gets_each_answer_afresh_and_each_is_counted():
+    async def scenario(listener: Listener, pools: list[Pool]) -> None:
+        slot = pools[0].slots[0]
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+
+        async def get(path: bytes) -> tuple[int, dict[str, str], bytes]:
+            writer.write(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path)
+            return await read_response(reader)
+
+        bodies = [(await get(b"/count"))[2] for _ in range(3)]
+        assert bodies == [b"%d" % (Upstream.answered - 2 + i) for i in range(3)]
+        assert [await get(b"/length") for _ in range(2)] == [
+            (200, {"content-length": "5", "x-emulator-revision": "s-0"}, b"hello")
+        ] * 2
+        assert len(slot.idle) == 1, "one keep-alive connection to the instance"
+        assert (await get(b"/missing"))[:1] == (404,)
+        status, headers, body = await get(b"/bye")
+        assert (status, headers["x-emulator-revision"], body) == (200, "s-0", b"bye")
+        assert slot.idle == [], "a connection the instance closes is not used again"
+        assert await reader.read() == b"", "and the response that said so closes the client's"
+        writer.close()
+        [(_s, _h, body)] = await exchange(listener, b"GET /length HTTP/1.1\r\n\r\n")
+        assert body == b"hello"
+        stats = pools[0].stats
+        assert (stats.requests, stats.codes[2], stats.codes[4]) == (8, 7, 1)
+        assert slot.requests == 8 and slot.inflight == 0
+
+    run(scenario)

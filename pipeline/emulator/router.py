@@ -33,6 +33,7 @@ _PAUSE_AT = 1024 * 1024
 _LAT_RING = 4096
 _LAT_MASK = _LAT_RING - 1
 _MAX_RETRIES = 3
+_MEMO_MAX = 4096  # a response up to this size is remembered with its forwarded form
 
 # response framing
 _LEN = 0
@@ -55,6 +56,10 @@ def error_response(status: int, reason: str, message: str, extra: bytes = b"") -
         + b"\r\n"
         + body
     )
+
+
+def _class(status: int) -> int:
+    return status // 100 if 0 < status < 600 else 5
 
 
 def _chunked_end(buf: bytes | bytearray, pos: int) -> int:
@@ -280,11 +285,12 @@ class Pool:
             if not client.closed:
                 slot.send(client)
 
-    def finished(self, slot: Slot, status: int, t0: float) -> None:
+    def finished(self, slot: Slot, cls: int, t0: float) -> None:
+        """A request answered by the instance, with a status of class `cls` (2 for 2xx...)."""
         now = _now()
         st = self.stats
         st.requests += 1
-        st.codes[status // 100 if 0 < status < 600 else 5] += 1
+        st.codes[cls] += 1
         i = st.lat_i & _LAT_MASK
         st.lat[i] = (now - t0) * 1000.0
         st.lat_t[i] = now
@@ -485,6 +491,7 @@ class ClientConn(asyncio.Protocol):
         "retries",
         "paused",
         "closing",
+        "simple",
     )
 
     def __init__(self, listener: Listener) -> None:
@@ -502,6 +509,7 @@ class ClientConn(asyncio.Protocol):
         self.retries = 0
         self.paused = False
         self.closing = False
+        self.simple = b""  # the last request that took the fast path
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -522,21 +530,22 @@ class ClientConn(asyncio.Protocol):
             buf, self.buf = self.buf + data, b""
             self._parse(buf)
             return
-        # fast path: one whole keep-alive HTTP/1.1 request without a body, alone in this read
-        he = data.find(b"\r\n\r\n")
-        le = data.find(b"\r\n")
-        head = data[le:he].lower()
-        if (
-            he + 4 != len(data)
-            or data[le - 8 : le] != b"HTTP/1.1"
-            or b"content-length" in head
-            or b"transfer-encoding" in head
-            or b"close" in head
-        ):
-            self._parse(data)
-            return
+        if data != self.simple:
+            # fast path: one whole keep-alive HTTP/1.1 request without a body, alone in this
+            # read (remembered: clients tend to send the same request again)
+            head = data.lower()
+            if (
+                head.find(b"\r\n\r\n") != len(data) - 4
+                or not data.startswith(b"HTTP/1.1", data.find(b"\r\n") - 8)
+                or head.find(b"content-length") >= 0
+                or head.find(b"transfer-encoding") >= 0
+                or head.find(b"close") >= 0
+            ):
+                self._parse(data)
+                return
+            self.simple = data
         self.keep = True
-        self.head_only = data[:5] == b"HEAD "
+        self.head_only = data.startswith(b"HEAD ")
         self.req = data
         self.t0 = _now()
         self.retries = 0
@@ -696,6 +705,9 @@ class UpConn(asyncio.Protocol):
         "keep",
         "cbuf",
         "lost",
+        "seen",
+        "out",
+        "cls",
     )
 
     def __init__(self, slot: Slot) -> None:
@@ -712,6 +724,9 @@ class UpConn(asyncio.Protocol):
         self.keep = True
         self.cbuf: bytearray | None = None
         self.lost = False
+        self.seen = b""  # the last response that took the fast path, as received
+        self.out = b""  # ... and as forwarded
+        self.cls = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -726,6 +741,54 @@ class UpConn(asyncio.Protocol):
         self.transport.write(client.req)  # type: ignore[union-attr, arg-type]
 
     def data_received(self, data: bytes) -> None:
+        client = self.client
+        if client is None or not self.in_head or self.hbuf:
+            self._read(data)
+            return
+        # fast path: a whole HTTP/1.1 response framed by Content-Length in this one read, that
+        # leaves the connection open (remembered: an instance often answers the same bytes)
+        if data == self.seen:
+            out, cls = self.out, self.cls
+        else:
+            he = data.find(b"\r\n\r\n")
+            cls = data[9] - 48 if he >= 12 else 0
+            if (
+                cls < 2
+                or cls > 5
+                or not data.startswith(b"HTTP/1.1 ")
+                or not (47 < data[10] < 58 and 47 < data[11] < 58)
+            ):
+                self._read(data)
+                return
+            head = data[:he].lower()
+            i = head.find(b"\r\ncontent-length:")
+            if i < 0 or head.find(b"close") >= 0 or head.find(b"transfer-encoding") >= 0:
+                self._read(data)
+                return
+            j = head.find(b"\r\n", i + 17)
+            try:
+                clen = int(head[i + 17 : j if j > 0 else he])
+            except ValueError:
+                clen = -1
+            if clen != len(data) - he - 4:
+                self._read(data)
+                return
+            out = data[: he + 2] + self.slot.pool.header + data[he + 2 :]
+            if len(data) <= _MEMO_MAX:
+                self.seen, self.out, self.cls = data, out, cls
+        self.got = True
+        self.client = None
+        if not client.closed:
+            client.transport.write(out)  # type: ignore[union-attr]
+        slot = self.slot
+        if slot.state is READY:
+            slot.idle.append(self)
+        else:
+            self.transport.close()  # type: ignore[union-attr]
+        slot.pool.finished(slot, cls, client.t0)
+        client.done(True)
+
+    def _read(self, data: bytes) -> None:
         client = self.client
         if client is None:
             self.transport.abort()  # type: ignore[union-attr]
@@ -769,45 +832,25 @@ class UpConn(asyncio.Protocol):
         le = buf.find(b"\r\n")
         clen = -1
         chunked = False
-        # fast path: HTTP/1.1, Content-Length spelt the usual ways, nothing that may say close
-        # or a transfer coding; anything else is read from a lower-cased copy of the head
-        head = buf[le : he + 2]
-        i = head.find(b"\r\ncontent-length:")
-        if i < 0:
-            i = head.find(b"\r\nContent-Length:")
-        if (
-            i >= 0
-            and buf[5:8] == b"1.1"
-            and b"lose" not in head
-            and b"ncoding" not in head
-            and b"LOSE" not in head
-        ):
-            keep = True
-            try:
-                clen = int(head[i + 17 : head.find(b"\r\n", i + 2)])
-            except ValueError:
-                self._broken("bad content-length in the response")
-                return
+        head = buf[le : he + 2].lower()
+        keep = buf[5:8] == b"1.1"
+        c = head.find(b"\r\nconnection:")
+        if c >= 0:
+            value = head[c + 13 : head.find(b"\r\n", c + 2)]
+            if b"close" in value:
+                keep = False
+            elif b"keep-alive" in value:
+                keep = True
+        if b"\r\ntransfer-encoding:" in head and b"chunked" in head:
+            chunked = True
         else:
-            head = head.lower()
-            keep = buf[5:8] == b"1.1"
-            c = head.find(b"\r\nconnection:")
+            c = head.find(b"\r\ncontent-length:")
             if c >= 0:
-                value = head[c + 13 : head.find(b"\r\n", c + 2)]
-                if b"close" in value:
-                    keep = False
-                elif b"keep-alive" in value:
-                    keep = True
-            if b"\r\ntransfer-encoding:" in head and b"chunked" in head:
-                chunked = True
-            else:
-                c = head.find(b"\r\ncontent-length:")
-                if c >= 0:
-                    try:
-                        clen = int(head[c + 17 : head.find(b"\r\n", c + 2)])
-                    except ValueError:
-                        self._broken("bad content-length in the response")
-                        return
+                try:
+                    clen = int(head[c + 17 : head.find(b"\r\n", c + 2)])
+                except ValueError:
+                    self._broken("bad content-length in the response")
+                    return
         self.keep = keep
         if not client.closed:
             client.transport.write(  # type: ignore[union-attr]
@@ -822,15 +865,7 @@ class UpConn(asyncio.Protocol):
             if remaining > 0:
                 self.remaining = remaining
                 return
-            # the whole response in one read (the usual case): _finish(), inlined
-            self.client = None
-            slot = self.slot
-            if keep and slot.state is READY:
-                slot.idle.append(self)
-            else:
-                self.transport.close()  # type: ignore[union-attr]
-            slot.pool.finished(slot, status, client.t0)
-            client.done(keep)
+            self._finish()
             return
         if chunked:
             self.framing = _CHUNKED
@@ -861,7 +896,7 @@ class UpConn(asyncio.Protocol):
             slot.idle.append(self)
         else:
             self.transport.close()  # type: ignore[union-attr]
-        slot.pool.finished(slot, self.status, client.t0)
+        slot.pool.finished(slot, _class(self.status), client.t0)
         client.done(keep)
 
     def _broken(self, why: str) -> None:
@@ -924,7 +959,7 @@ class UpConn(asyncio.Protocol):
             return
         self.client = None
         if self.framing == _TO_CLOSE and not self.in_head and exc is None:
-            slot.pool.finished(slot, self.status, client.t0)
+            slot.pool.finished(slot, _class(self.status), client.t0)
             client.done(False)
             return
         if self.reused and not self.got and not client.closed and client.retries < _MAX_RETRIES:
