@@ -33,7 +33,6 @@ _PAUSE_AT = 1024 * 1024
 _LAT_RING = 4096
 _LAT_MASK = _LAT_RING - 1
 _MAX_RETRIES = 3
-_MEMO_MAX = 4096  # a response up to this size is remembered with its forwarded form
 
 # response framing
 _LEN = 0
@@ -491,7 +490,6 @@ class ClientConn(asyncio.Protocol):
         "retries",
         "paused",
         "closing",
-        "simple",
     )
 
     def __init__(self, listener: Listener) -> None:
@@ -509,7 +507,6 @@ class ClientConn(asyncio.Protocol):
         self.retries = 0
         self.paused = False
         self.closing = False
-        self.simple = b""  # the last request that took the fast path
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -530,20 +527,17 @@ class ClientConn(asyncio.Protocol):
             buf, self.buf = self.buf + data, b""
             self._parse(buf)
             return
-        if data != self.simple:
-            # fast path: one whole keep-alive HTTP/1.1 request without a body, alone in this
-            # read (remembered: clients tend to send the same request again)
-            head = data.lower()
-            if (
-                head.find(b"\r\n\r\n") != len(data) - 4
-                or not data.startswith(b"HTTP/1.1", data.find(b"\r\n") - 8)
-                or head.find(b"content-length") >= 0
-                or head.find(b"transfer-encoding") >= 0
-                or head.find(b"close") >= 0
-            ):
-                self._parse(data)
-                return
-            self.simple = data
+        # fast path: one whole keep-alive HTTP/1.1 request without a body, alone in this read
+        head = data.lower()
+        if (
+            head.find(b"\r\n\r\n") != len(data) - 4
+            or not data.startswith(b"HTTP/1.1", data.find(b"\r\n") - 8)
+            or head.find(b"content-length") >= 0
+            or head.find(b"transfer-encoding") >= 0
+            or head.find(b"close") >= 0
+        ):
+            self._parse(data)
+            return
         self.keep = True
         self.head_only = data.startswith(b"HEAD ")
         self.req = data
@@ -705,9 +699,6 @@ class UpConn(asyncio.Protocol):
         "keep",
         "cbuf",
         "lost",
-        "seen",
-        "out",
-        "cls",
     )
 
     def __init__(self, slot: Slot) -> None:
@@ -724,9 +715,6 @@ class UpConn(asyncio.Protocol):
         self.keep = True
         self.cbuf: bytearray | None = None
         self.lost = False
-        self.seen = b""  # the last response that took the fast path, as received
-        self.out = b""  # ... and as forwarded
-        self.cls = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -746,36 +734,31 @@ class UpConn(asyncio.Protocol):
             self._read(data)
             return
         # fast path: a whole HTTP/1.1 response framed by Content-Length in this one read, that
-        # leaves the connection open (remembered: an instance often answers the same bytes)
-        if data == self.seen:
-            out, cls = self.out, self.cls
-        else:
-            he = data.find(b"\r\n\r\n")
-            cls = data[9] - 48 if he >= 12 else 0
-            if (
-                cls < 2
-                or cls > 5
-                or not data.startswith(b"HTTP/1.1 ")
-                or not (47 < data[10] < 58 and 47 < data[11] < 58)
-            ):
-                self._read(data)
-                return
-            head = data[:he].lower()
-            i = head.find(b"\r\ncontent-length:")
-            if i < 0 or head.find(b"close") >= 0 or head.find(b"transfer-encoding") >= 0:
-                self._read(data)
-                return
-            j = head.find(b"\r\n", i + 17)
-            try:
-                clen = int(head[i + 17 : j if j > 0 else he])
-            except ValueError:
-                clen = -1
-            if clen != len(data) - he - 4:
-                self._read(data)
-                return
-            out = data[: he + 2] + self.slot.pool.header + data[he + 2 :]
-            if len(data) <= _MEMO_MAX:
-                self.seen, self.out, self.cls = data, out, cls
+        # leaves the connection open
+        he = data.find(b"\r\n\r\n")
+        cls = data[9] - 48 if he >= 12 else 0
+        if (
+            cls < 2
+            or cls > 5
+            or not data.startswith(b"HTTP/1.1 ")
+            or not (47 < data[10] < 58 and 47 < data[11] < 58)
+        ):
+            self._read(data)
+            return
+        head = data[:he].lower()
+        i = head.find(b"\r\ncontent-length:")
+        if i < 0 or head.find(b"close") >= 0 or head.find(b"transfer-encoding") >= 0:
+            self._read(data)
+            return
+        j = head.find(b"\r\n", i + 17)
+        try:
+            clen = int(head[i + 17 : j if j > 0 else he])
+        except ValueError:
+            clen = -1
+        if clen != len(data) - he - 4:
+            self._read(data)
+            return
+        out = data[: he + 2] + self.slot.pool.header + data[he + 2 :]
         self.got = True
         self.client = None
         if not client.closed:
