@@ -232,7 +232,8 @@ def main() -> int:
                     f"round {n + 1}: instance {d.rps:8.0f} req/s p50 {d.p50_ms:6.3f} ms | "
                     f"service {s.rps:8.0f} req/s p50 {s.p50_ms:6.3f} ms p99 {s.p99_ms:6.2f} ms | "
                     f"ratio {ratio:.2f}, +{added:.3f} ms p50 | CPU/req: router {s.emulator_us:.1f} us, "
-                    f"instance {s.instance_us:.1f} us | errors {d.errors}/{s.errors}"
+                    f"instance {s.instance_us:.1f} us (direct {d.instance_us:.1f} us) | "
+                    f"errors {d.errors}/{s.errors}"
                 )
     rounds.sort(key=lambda r: r[0])
     ratio, added, d, s = rounds[len(rounds) // 2]
