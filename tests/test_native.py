@@ -292,3 +292,31 @@ def test_orjson_positional_range_is_what_orjson_writes() -> None:
         assert b"e" not in orjson.dumps(1.5 * 10.0**exponent)
     assert b"e" in orjson.dumps(1.5 * 10.0 ** (small - 1))
     assert b"e" in orjson.dumps(1.5 * 10.0 ** (large + 1))
+
+
+def test_everything_works_without_the_module(tmp_path) -> None:
+    """An install without a compiler: pipeline._native fails to import, the twins take over."""
+    import subprocess
+    import sys
+
+    from pipeline.receipts import ReceiptWriter
+
+    path = tmp_path / "r.jsonl"
+    with ReceiptWriter(path, run_id="r", phase="week3") as writer:
+        writer.write("run")
+        writer.write("startup", "start", seconds=0.5)
+        for n in range(200):
+            writer.write("request", "load", latency_ms=n + 0.5, passed=True)
+        writer.seal()
+    script = f"""
+import sys
+sys.modules["pipeline._native"] = None  # as if it was never built
+from pipeline import gates, receipts
+assert receipts._line_digest is receipts.py_line_digest and gates._select is None
+spec = gates.parse_gate("g", {{"http.latency_ms": ["p(95) < 191", "p(95) > 189"]}}, "inline")
+verdict = gates.check({str(path)!r}, spec)
+print(verdict.passed, [r.measured for r in verdict.results])
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == "True", done.stdout
