@@ -9,7 +9,6 @@ Missing data fails (unlike k6): every aggregation but `count` needs at least one
 
 from __future__ import annotations
 
-import collections
 import math
 import operator
 import re
@@ -119,7 +118,11 @@ def _one(record: dict[str, Any]) -> float:
 
 
 def _flag(name: str, want: bool) -> Extract:
-    return lambda r: 1.0 if r.get(name) is want else None
+    def extract(record: dict[str, Any]) -> float | None:
+        return 1.0 if record.get(name) is want else None
+
+    extract.field, extract.mode = name, "flag"  # type: ignore[attr-defined]
+    return extract
 
 
 def _bool(name: str) -> Extract:
@@ -160,13 +163,10 @@ _EVIDENCE_KINDS = (
 REGISTRY: dict[str, Metric] = {
     "startup.seconds": Metric(("startup",), _field("seconds"), "time from start to ready"),
     "smoke.passed": Metric(
-        ("receipt",), _flag("passed", True), "one sample per passing smoke test", fields=("passed",)
+        ("receipt",), _flag("passed", True), "one sample per passing smoke test"
     ),
     "smoke.failed": Metric(
-        ("receipt",),
-        _flag("passed", False),
-        "one sample per failing smoke test",
-        fields=("passed",),
+        ("receipt",), _flag("passed", False), "one sample per failing smoke test"
     ),
     "smoke.total": Metric(("receipt",), _one, "one sample per smoke test"),
     "http.latency_ms": Metric(
@@ -175,9 +175,7 @@ REGISTRY: dict[str, Metric] = {
     "http.success": Metric(
         ("request",), _bool("passed"), "1 per passing request, 0 per failing one"
     ),
-    "http.failed": Metric(
-        ("request",), _flag("passed", False), "one sample per failing request", fields=("passed",)
-    ),
+    "http.failed": Metric(("request",), _flag("passed", False), "one sample per failing request"),
     "http.rps": Metric(("request",), _one, "requests sent per second", per_second=True),
     "memory.mb": Metric(("metrics",), _field("rss_mb"), "resident memory of the release, MB"),
     "cpu.percent": Metric(("metrics",), _field("cpu_percent"), "CPU of the release, % of one core"),
@@ -203,20 +201,14 @@ REGISTRY: dict[str, Metric] = {
         ("stage",), _stage_end(False), "one sample per failed stage", fields=("event", "passed")
     ),
     "shutdown.exit_status": Metric(("shutdown",), _field("exit_status"), "exit status at stop"),
-    "constraints.failed": Metric(
-        ("constraint",), _flag("passed", False), "failed sandbox checks", fields=("passed",)
-    ),
-    "constraints.passed": Metric(
-        ("constraint",), _flag("passed", True), "proven sandbox checks", fields=("passed",)
-    ),
+    "constraints.failed": Metric(("constraint",), _flag("passed", False), "failed sandbox checks"),
+    "constraints.passed": Metric(("constraint",), _flag("passed", True), "proven sandbox checks"),
     "memory.oom_kills": Metric(
         ("oom",), _one, "one sample per OOM kill of the sandbox (cgroup failcnt, exit 137)"
     ),
     "pilot.operations": Metric(("operation",), _one, "one sample per pilot operation"),
     "pilot.accuracy": Metric(("operation",), _bool("matched"), "1 per matched answer, 0 otherwise"),
-    "pilot.mismatches": Metric(
-        ("operation",), _flag("matched", False), "one per mismatch", fields=("matched",)
-    ),
+    "pilot.mismatches": Metric(("operation",), _flag("matched", False), "one per mismatch"),
     "revenue.records": Metric(("revenue",), _one, "one sample per revenue record"),
     "revenue.consistent": Metric(
         ("operation", "revenue"),
@@ -324,7 +316,6 @@ class MetricCollector:
         self.ledgers: dict[str, dict[str, Any]] = {}  # cross-checked metrics' running state
         self.counted: dict[str, tuple[str, ...]] = {}  # one sample per record of these kinds
         self.kind_counts: dict[str, int] = {}
-        self._kinds: list[str] = []
         self._by_kind: dict[str, list[Callable[[dict[str, Any]], None]]] = {}
         reads = {"kind"}
         for key in keys:
@@ -350,7 +341,6 @@ class MetricCollector:
             handler = self._handler(key, metric)
             for kind in metric.kinds:
                 self._by_kind.setdefault(kind, []).append(handler)
-        self.feed = self._feeder()
 
     def _handler(self, key: MetricKey, metric: Metric) -> Callable[[dict[str, Any]], None]:
         extract, filters = metric.extract, key.filters
@@ -405,38 +395,23 @@ class MetricCollector:
 
         return handle
 
-    def _feeder(self) -> Callable[[dict[str, Any]], None]:
-        note_kind = self._kinds.append  # counted in C when the results are asked for
-        dispatch = {kind: _in_turn(handlers) for kind, handlers in self._by_kind.items()}
-        handler_of = dispatch.get
-
-        def feed(record: dict[str, Any]) -> None:
-            kind: Any = record.get("kind")
-            note_kind(kind)
-            handle = handler_of(kind)
-            if handle is not None:
-                handle(record)
-
-        return feed
-
-    def _count_kinds(self) -> None:
-        for kind, n in collections.Counter(self._kinds).items():
-            self.kind_counts[kind] = self.kind_counts.get(kind, 0) + n
-        self._kinds.clear()
+    def feed(self, record: dict[str, Any]) -> None:
+        kind: str = record.get("kind")  # type: ignore[assignment]
+        counts = self.kind_counts
+        counts[kind] = counts.get(kind, 0) + 1
+        for handle in self._by_kind.get(kind, ()):
+            handle(record)
 
     def __getstate__(self) -> dict[str, Any]:
-        self._count_kinds()
         state = ("samples", "buckets", "ledgers", "counted", "kind_counts")
         return {name: getattr(self, name) for name in state}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         for name, value in state.items():
             setattr(self, name, value)
-        self._by_kind, self._kinds = {}, []  # results travel between processes, not the dispatch
+        self._by_kind = {}  # results only travel between processes, not the dispatch
 
     def merge(self, later: MetricCollector) -> None:
-        self._count_kinds()
-        later._count_kinds()
         for kind, n in later.kind_counts.items():
             self.kind_counts[kind] = self.kind_counts.get(kind, 0) + n
         for name, values in later.samples.items():
@@ -450,7 +425,6 @@ class MetricCollector:
             self.ledgers[name]["revenues"].extend(ledger["revenues"])
 
     def values(self) -> dict[str, Sequence[float]]:
-        self._count_kinds()
         out: dict[str, Sequence[float]] = dict(self.samples)
         for name, kinds in self.counted.items():
             out[name] = array("d", [1.0]) * sum(self.kind_counts.get(k, 0) for k in kinds)
@@ -461,27 +435,6 @@ class MetricCollector:
             claims = ledger["revenues"]
             out[name] = array("d", (_agrees(ledger["billable"], *claim) for claim in claims))
         return out
-
-
-def _in_turn(
-    handlers: list[Callable[[dict[str, Any]], None]],
-) -> Callable[[dict[str, Any]], None]:
-    if len(handlers) == 1:
-        return handlers[0]
-    if len(handlers) == 2:
-        first, second = handlers
-
-        def both(record: dict[str, Any]) -> None:
-            first(record)
-            second(record)
-
-        return both
-
-    def each(record: dict[str, Any]) -> None:
-        for handle in handlers:
-            handle(record)
-
-    return each
 
 
 def _agrees(billable: int, claimed: Any, amount: Any, price: Any) -> float:
