@@ -34,6 +34,8 @@ def read_toml(path: Path, noun: str) -> dict[str, Any]:
         raise PipelineError(f"{path}: no such {noun}") from None
     except IsADirectoryError:
         raise PipelineError(f"{path}: is a directory, not a {noun}") from None
+    except PermissionError:
+        raise PipelineError(f"{path}: permission denied") from None
     except UnicodeDecodeError:
         raise PipelineError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:

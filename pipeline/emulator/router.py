@@ -760,16 +760,10 @@ class UpConn(asyncio.Protocol):
             return
         out = data[: he + 2] + self.slot.pool.header + data[he + 2 :]
         self.got = True
-        self.client = None
         if not client.closed:
             client.transport.write(out)  # type: ignore[union-attr]
-        slot = self.slot
-        if slot.state is READY:
-            slot.idle.append(self)
-        else:
-            self.transport.close()  # type: ignore[union-attr]
-        slot.pool.finished(slot, cls, client.t0)
-        client.done(True)
+        self.status, self.keep = int(data[9:12]), True
+        self._finish()
 
     def _read(self, data: bytes) -> None:
         client = self.client
