@@ -15,7 +15,10 @@ throughput ratio is about (instance + wrk CPU per request) / (the same + the rou
 per-request CPU of the router and of the instance are printed for that reason.
 
 Targets: service req/s >= 0.7 x the instance's; service p50 <= the instance's p50 + 1 ms.
-Also printed (not judged): CPU time per request of the emulator process and of the instance.
+Also printed (not judged): CPU time per request of the emulator process and of the instance, and
+the floor: the same wrk run through bench/floor_relay.c (built here with gcc), a C epoll relay
+that writes every read to the other side and does nothing else — no parsing, routing or
+accounting — so no router can do better than its ratio on the same machine.
 
 Exit status: 0 when every target is met, 1 otherwise (2: the setup failed).
 """
@@ -58,7 +61,7 @@ class Run:
     p99_ms: float
     requests: int
     errors: int
-    emulator_us: float  # emulator CPU per request
+    proxy_us: float  # CPU per request of the process in the middle (emulator or floor relay)
     instance_us: float  # instance CPU per request
 
 
@@ -83,9 +86,9 @@ def cpu_s(proc: psutil.Process) -> float:
 
 
 def wrk(
-    url: str, duration: float, emulator: psutil.Process, instance: psutil.Process, threads: int = 2
+    url: str, duration: float, proxy: psutil.Process, instance: psutil.Process, threads: int = 2
 ) -> Run:
-    e0, i0 = emulator.cpu_times(), cpu_s(instance)
+    e0, i0 = proxy.cpu_times(), cpu_s(instance)
     out = subprocess.run(
         [
             "wrk",
@@ -99,7 +102,7 @@ def wrk(
         text=True,
         timeout=duration + 60,
     )
-    e1, i1 = emulator.cpu_times(), cpu_s(instance)
+    e1, i1 = proxy.cpu_times(), cpu_s(instance)
     text = out.stdout
     if out.returncode != 0 or "Requests/sec" not in text:
         raise SystemExit(f"wrk failed: {out.stderr.strip() or text}")
@@ -111,16 +114,41 @@ def wrk(
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
     ):
         errors += sum(int(g) for g in m.groups())
-    emulator_s = (e1.user + e1.system) - (e0.user + e0.system)
+    proxy_s = (e1.user + e1.system) - (e0.user + e0.system)
     return Run(
         rps=float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),  # type: ignore[union-attr]
         p50_ms=_ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1)),  # type: ignore[union-attr]
         p99_ms=_ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1)),  # type: ignore[union-attr]
         requests=requests,
         errors=errors,
-        emulator_us=emulator_s / max(requests, 1) * 1e6,
+        proxy_us=proxy_s / max(requests, 1) * 1e6,
         instance_us=(i1 - i0) / max(requests, 1) * 1e6,
     )
+
+
+@contextlib.contextmanager
+def floor_relay(tmp: Path, instance_url: str) -> Iterator[tuple[str, psutil.Process] | None]:
+    """The floor relay in front of the instance, or None when there is no C compiler."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        yield None
+        return
+    exe = tmp / "floor_relay"
+    source = Path(__file__).with_name("floor_relay.c")
+    subprocess.run([cc, "-O2", "-o", str(exe), str(source)], check=True)
+    port = instance_url.rsplit(":", 1)[1]
+    proc = subprocess.Popen(
+        [str(exe), port, "0"], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        listen = proc.stdout.readline().strip()
+        if not listen.isdigit():
+            raise SystemExit(f"the floor relay did not start (exit {proc.poll()})")
+        yield f"http://127.0.0.1:{listen}", psutil.Process(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def fetch(url: str) -> Any:
@@ -208,9 +236,11 @@ def main() -> int:
             from pipeline import reference
 
             tarball = reference.build(tmp / "build")
-        with emulator(tmp / "state") as (url, proc):
+        with contextlib.ExitStack() as stack:
+            url, proc = stack.enter_context(emulator(tmp / "state"))
             service_url, instance_url, pid = deploy(url, tarball.resolve())
             emu, inst = psutil.Process(proc.pid), psutil.Process(pid)
+            floor = stack.enter_context(floor_relay(tmp, instance_url))
             print(
                 f"emulator {url} (pid {proc.pid}); service {service_url} → instance {instance_url}"
             )
@@ -220,20 +250,32 @@ def main() -> int:
             wrk(instance_url, 1.0, emu, inst, args.threads)  # warm-up
             wrk(service_url, 1.0, emu, inst, args.threads)
             rounds = []
+            floors: list[float] = []
+            floor_us: list[float] = []
             for n in range(args.rounds):
-                order = [("instance", instance_url), ("service", service_url)]
-                if n % 2:
-                    order.reverse()
-                runs = {name: wrk(u, args.duration, emu, inst, args.threads) for name, u in order}
+                order = [("instance", instance_url, emu), ("service", service_url, emu)]
+                if floor is not None:
+                    order.append(("floor", floor[0], floor[1]))
+                order = order[n % len(order) :] + order[: n % len(order)]
+                runs = {
+                    name: wrk(u, args.duration, proxy, inst, args.threads)
+                    for name, u, proxy in order
+                }
                 d, s = runs["instance"], runs["service"]
                 ratio, added = s.rps / d.rps, s.p50_ms - d.p50_ms
                 rounds.append((ratio, added, d, s))
+                floor_note = ""
+                if "floor" in runs:
+                    f = runs["floor"]
+                    floors.append(f.rps / d.rps)
+                    floor_us.append(f.proxy_us)
+                    floor_note = f" | floor {f.rps / d.rps:.2f} ({f.proxy_us:.1f} us/req)"
                 print(
                     f"round {n + 1}: instance {d.rps:8.0f} req/s p50 {d.p50_ms:6.3f} ms | "
                     f"service {s.rps:8.0f} req/s p50 {s.p50_ms:6.3f} ms p99 {s.p99_ms:6.2f} ms | "
-                    f"ratio {ratio:.2f}, +{added:.3f} ms p50 | CPU/req: router {s.emulator_us:.1f} us, "
+                    f"ratio {ratio:.2f}, +{added:.3f} ms p50 | CPU/req: router {s.proxy_us:.1f} us, "
                     f"instance {s.instance_us:.1f} us (direct {d.instance_us:.1f} us) | "
-                    f"errors {d.errors}/{s.errors}"
+                    f"errors {d.errors}/{s.errors}{floor_note}"
                 )
     rounds.sort(key=lambda r: r[0])
     ratio, added, d, s = rounds[len(rounds) // 2]
@@ -246,6 +288,14 @@ def main() -> int:
         f"{'PASS' if rps_ok else 'FAIL'}; added p50 {added_median:.3f} ms (target <= "
         f"{ADDED_P50_MS:g} ms) {'PASS' if p50_ok else 'FAIL'}; non-2xx/socket errors {errors}"
     )
+    if floors:
+        print(
+            f"floor (C read→write relay, no HTTP work): median {statistics.median(floors):.2f} "
+            f"of the instance's throughput at {statistics.median(floor_us):.1f} us CPU/req; "
+            f"the router reaches {ratio / statistics.median(floors):.0%} of the floor"
+        )
+    else:
+        print("floor: not measured (no C compiler)")
     print(
         f"load on this machine during the run: {psutil.getloadavg()[0]:.1f} "
         f"({psutil.cpu_count()} CPUs; wrk, the instance and the router share them)"
