@@ -107,6 +107,10 @@ def test_week2_over_ssh_passes_gate1_and_leaves_the_host_clean(sshd, reference_t
     (sandbox,) = of_kind(found, "sandbox")
     assert sandbox["id"].startswith("taiea-") and sandbox["sandbox_pid"] > 0
     assert sandbox["bundle"].startswith(str(remote_dir / "runs"))
+    (mount,) = of_kind(found, "mount")  # the tree extracted on the host, not the local check's
+    assert mount["stage"] == "start" and mount["host"] == startup["where"]["host"]
+    assert mount["source"] == startup["where"]["root"]
+    assert mount["source"].startswith(str(remote_dir / "runs"))
 
     # 7 and 10: the release's own receipts, counted live (early) and to the end (after stop)
     early, final = of_kind(found, "capture")

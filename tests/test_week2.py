@@ -175,6 +175,9 @@ def test_secrets_are_redacted_and_never_written(rehearsal):
     assert COOKIE not in rehearsal.receipts.read_text()
     (mount,) = of_kind(rehearsal.receipts, "mount")
     assert mount["destination"] == "/opt/taiea" and mount["options"] == ["rbind", "ro"]
+    (extract,) = of_kind(rehearsal.receipts, "extract")
+    assert mount["host"] == "local" and mount["stage"] == "start"
+    assert mount["source"] == extract["root"]
 
 
 def test_nothing_of_the_rehearsal_is_left(rehearsal):

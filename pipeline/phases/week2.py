@@ -7,7 +7,7 @@ Eleven stages, each measured and each with receipts:
   2 validate     the tarball is an OTP release (week 3's LiveRelease)
   3 extract      safe extraction; the tree is bind-mounted read-only at /opt/taiea
   4 configure    the sandbox's environment (secrets redacted) and its OCI settings
-  5 start        `runsc run`, time to ready (startup receipt)
+  5 start        `runsc run`, time to ready (startup receipt), what is bind-mounted (mount)
   6 smoke        the five smoke tests
   7 capture      the release's own stdout receipts parsed and counted
   8 resources    the load profile, memory from the cgroup, CPU from `runsc events --stats`
@@ -244,20 +244,7 @@ class Rehearsal:
             )
 
     def extract(self) -> bool:
-        if not self.live.extract(self.info):
-            return False
-        assert self.live.release is not None
-        self.run.write(
-            "mount",
-            "extract",
-            source=str(self.live.release.root),
-            destination=self.runtime.limits.mount_point,
-            type="bind",
-            options=["rbind", "ro"],
-            read_only=True,
-            proven_in="constraints",
-        )
-        return True
+        return self.live.extract(self.info)
 
     def configure(self) -> None:
         with self.run.stage("configure") as stage:
@@ -301,12 +288,37 @@ class Rehearsal:
                 bundle=str(self.instance.sandbox.bundle),
                 cgroup=f"/{self.instance.id}",
             )
+            self.write_mount()
         if not started:
             self.report_oom("start")
             return False
         self.sandboxed.startup_s = self.live.ready_s
         self.live.start_monitor()
         return True
+
+    def write_mount(self) -> None:
+        """What the sandbox bind-mounts read-only: the extracted tree on the machine that runs
+        it — here, or on the remote host (extracted there at start; nothing when the start
+        failed before that)."""
+        facts = getattr(self.instance, "facts", None)
+        if facts is not None:
+            source, host = facts.get("root"), facts.get("host")
+        else:
+            assert self.live.release is not None
+            source, host = str(self.live.release.root), "local"
+        if source is None:
+            return
+        self.run.write(
+            "mount",
+            "start",
+            source=source,
+            host=host,
+            destination=self.runtime.limits.mount_point,
+            type="bind",
+            options=["rbind", "ro"],
+            read_only=True,
+            proven_in="constraints",
+        )
 
     def capture(self) -> None:
         with self.run.stage("capture") as stage:
