@@ -12,6 +12,7 @@ import signal
 import threading
 from typing import Any
 
+import psutil
 import pytest
 from fixtures_emulator import PARENT, get, http_json
 
@@ -337,35 +338,146 @@ def test_zero_failed_requests_while_traffic_moves_under_constant_load(emulator, 
     assert metrics[blue]["failed"] == metrics["steady-green"]["failed"] == 0
 
 
+def request_in_flight(emulator: Any, svc: Any) -> tuple[threading.Thread, list[int]]:
+    """A 5 s request through the service URL, in flight when this returns; its status is
+    appended to the list when it ends."""
+    statuses: list[int] = []
+    slow = threading.Thread(target=lambda: statuses.append(get(svc.uri, "/slow?ms=5000")[0]))
+    slow.start()
+    rev = svc.latest_ready_revision
+    poll(
+        lambda: True if emulator.revision_metrics(svc.name, rev)["in_flight"] == 1 else None,
+        timeout=10,
+        what="a request in flight",
+    )
+    return slow, statuses
+
+
+def replacement_of(emulator: Any, svc: Any, gone: dict[str, Any]) -> dict[str, Any]:
+    """The ready instance that took the place of `gone`, the revision's only one."""
+
+    def replaced() -> dict[str, Any] | None:
+        instances = emulator.revision_metrics(svc.name, svc.latest_ready_revision)["instance_list"]
+        fresh = [i for i in instances if i["pid"] != gone["pid"] and i["state"] == "ready"]
+        return fresh[0] if fresh and len(instances) == 1 else None
+
+    return poll(replaced, timeout=30, what="a replacement instance")  # type: ignore[no-any-return]
+
+
 def test_a_killed_instance_is_replaced_and_only_its_in_flight_requests_fail(emulator, images):
     svc = create(
         emulator, "phoenix", images["v1"], scaling=run_v2().RevisionScaling(min_instance_count=1)
     )
     rev = svc.latest_ready_revision
     [instance] = emulator.revision_metrics(svc.name, rev)["instance_list"]
-    in_flight: list[int] = []
-    slow = threading.Thread(target=lambda: in_flight.append(get(svc.uri, "/slow?ms=5000")[0]))
-    slow.start()
-    poll(
-        lambda: True if emulator.revision_metrics(svc.name, rev)["in_flight"] == 1 else None,
-        timeout=10,
-        what="a request in flight",
-    )
+    slow, in_flight = request_in_flight(emulator, svc)
     os.kill(instance["pid"], signal.SIGKILL)
     slow.join(30)
     assert in_flight == [502]
 
-    def replaced() -> dict[str, Any] | None:
-        instances = emulator.revision_metrics(svc.name, rev)["instance_list"]
-        fresh = [i for i in instances if i["pid"] != instance["pid"] and i["state"] == "ready"]
-        return fresh[0] if fresh and len(instances) == 1 else None
-
-    fresh = poll(replaced, timeout=30, what="a replacement instance")
+    fresh = replacement_of(emulator, svc, instance)
     assert fresh["id"] != instance["id"]
     assert revisions_answering(svc.uri, 5) == {short(rev): 5}
     revision = emulator.revisions().get_revision(name=rev)
     assert revision.scaling_status.desired_min_instance_count == 1
     assert emulator.revision_metrics(svc.name, rev)["failed"] == 1
+
+
+def http_probe(path: str = "/health", **kw: Any) -> Any:
+    v2 = run_v2()
+    return v2.Probe(http_get=v2.HTTPGetAction(path=path), period_seconds=1, timeout_seconds=1, **kw)
+
+
+def instance_entry(emulator: Any, svc: Any, instance_id: str) -> dict[str, Any] | None:
+    for entry in emulator.revision_metrics(svc.name, svc.latest_ready_revision)["instance_list"]:
+        if entry["id"] == instance_id:
+            return entry  # type: ignore[no-any-return]
+    return None
+
+
+def test_a_hung_instance_fails_its_liveness_probe_and_is_killed_and_replaced(emulator, images):
+    svc = create(
+        emulator,
+        "hung",
+        images["v1"],
+        scaling=run_v2().RevisionScaling(min_instance_count=1),
+        container={"liveness_probe": http_probe(failure_threshold=2)},
+    )
+    rev = svc.latest_ready_revision
+
+    def probed_twice() -> dict[str, Any] | None:
+        ready = [
+            i
+            for i in emulator.revision_metrics(svc.name, rev)["instance_list"]
+            if i["state"] == "ready"
+            and i.get("health", {}).get("liveness", {}).get("probes", 0) >= 2
+        ]
+        return ready[0] if ready else None
+
+    first = poll(probed_twice, timeout=30, what="two liveness probes")
+    assert first["health"]["liveness"]["failed"] == 0 and first["serving"]
+    slow, in_flight = request_in_flight(emulator, svc)
+    os.kill(first["pid"], signal.SIGSTOP)  # hung: its port still accepts, nothing answers
+    slow.join(30)
+    assert in_flight == [503], "a request in flight on a killed instance is answered 503"
+
+    fresh = replacement_of(emulator, svc, first)
+    assert fresh["id"] != first["id"]
+    poll(
+        lambda: True if not psutil.pid_exists(first["pid"]) else None,
+        timeout=10,
+        what="the hung instance to be gone",
+    )
+    failure = emulator.revision_metrics(svc.name, rev)["last_failure"]
+    assert failure["instance"] == first["id"]
+    assert failure["reason"] == "liveness probe failed 2 times in a row: no answer within 1 s"
+    assert revisions_answering(svc.uri, 5) == {short(rev): 5}
+
+
+def test_an_instance_failing_readiness_gets_no_requests_until_it_passes_again(emulator, images):
+    svc = create(
+        emulator,
+        "wobbly",
+        images["v1"],
+        scaling=run_v2().RevisionScaling(min_instance_count=2, max_instance_count=2),
+        container={"readiness_probe": http_probe(failure_threshold=1)},
+    )
+    rev = svc.latest_ready_revision
+
+    def two_checked() -> list[dict[str, Any]] | None:
+        ready = [
+            i
+            for i in emulator.revision_metrics(svc.name, rev)["instance_list"]
+            if i["state"] == "ready" and i.get("health", {}).get("readiness", {}).get("probes")
+        ]
+        return ready if len(ready) == 2 else None
+
+    hung, other = poll(two_checked, timeout=30, what="two instances checked for readiness")
+    os.kill(hung["pid"], signal.SIGSTOP)
+    try:
+        out = poll(
+            lambda: (
+                e if (e := instance_entry(emulator, svc, hung["id"])) and not e["serving"] else None
+            ),
+            timeout=10,
+            what="the hung instance out of rotation",
+        )
+        assert out["health"]["readiness"]["healthy"] is False
+        before = instance_entry(emulator, svc, other["id"])
+        assert before is not None
+        assert [get(svc.uri)[0] for _ in range(8)] == [200] * 8
+        after = instance_entry(emulator, svc, other["id"])
+        assert after is not None and after["requests"] == before["requests"] + 8
+        assert instance_entry(emulator, svc, hung["id"])["requests"] == out["requests"]  # type: ignore[index]
+    finally:
+        os.kill(hung["pid"], signal.SIGCONT)
+    back = poll(
+        lambda: e if (e := instance_entry(emulator, svc, hung["id"])) and e["serving"] else None,
+        timeout=10,
+        what="the instance back in rotation",
+    )
+    assert back["pid"] == hung["pid"], "readiness never kills"
+    assert back["health"]["readiness"]["healthy"] and back["health"]["readiness"]["failed"] >= 1
 
 
 def test_operations_can_be_waited_for_got_and_listed(emulator, images):

@@ -288,6 +288,37 @@ BAD_TEMPLATES = [
         {"containers": [{"image": IMG1, "startupProbe": {"grpc": {"port": 1}}}]},
         "gRPC",
     ),
+    (
+        "grpc liveness probe",
+        {"containers": [{"image": IMG1, "livenessProbe": {"grpc": {"port": 1}}}]},
+        "livenessProbe.grpc: gRPC probes are not supported",
+    ),
+    (
+        "liveness probe without a check",
+        {"containers": [{"image": IMG1, "livenessProbe": {"periodSeconds": 5}}]},
+        "livenessProbe: set exactly one of httpGet and tcpSocket",
+    ),
+    (
+        "readiness probe path",
+        {"containers": [{"image": IMG1, "readinessProbe": {"httpGet": {"path": "ready"}}}]},
+        "readinessProbe.httpGet.path must start with /",
+    ),
+    (
+        "probe timeout over its period",
+        {
+            "containers": [
+                {
+                    "image": IMG1,
+                    "livenessProbe": {
+                        "httpGet": {"path": "/health"},
+                        "periodSeconds": 2,
+                        "timeoutSeconds": 5,
+                    },
+                }
+            ]
+        },
+        "livenessProbe.timeoutSeconds (5) must not exceed periodSeconds (2)",
+    ),
 ]
 
 

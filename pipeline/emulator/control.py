@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.emulator.health import LIVENESS, READINESS, HealthCheck
 from pipeline.emulator.images import Image
 from pipeline.emulator.wire import (
     ApiError,
@@ -294,6 +295,8 @@ class RevisionPlan:
     state: str  # pending (start one to check it) | ready | failed
     active: bool  # serving traffic or a tag
     restore_instances: int = 0
+    liveness: HealthCheck | None = None  # failing: the instance is killed and replaced
+    readiness: HealthCheck | None = None  # failing: the instance gets no new requests
 
 
 @dataclass(frozen=True)
@@ -675,6 +678,8 @@ class ControlPlane:
                         state=rev.state,
                         active=active,
                         restore_instances=rev.instances_at_save if rev.state == "ready" else 0,
+                        liveness=HealthCheck.parse(LIVENESS, container.get("livenessProbe")),
+                        readiness=HealthCheck.parse(READINESS, container.get("readinessProbe")),
                     )
                 )
             plans.append(
@@ -1281,6 +1286,8 @@ class ControlPlane:
         probe = container.get("startupProbe")
         if probe is not None:
             _check_probe(probe, "template.containers[0].startupProbe")
+        for kind in (LIVENESS, READINESS):
+            HealthCheck.parse(kind, container.get(f"{kind}Probe"))
         self.resolve_image(container["image"], "template.containers[0].image")
         return template
 

@@ -10,7 +10,8 @@ flight or queued at once; it wants ceil(peak demand over the last `scale_in_dela
 concurrency) instances, between its min and max. A request that finds every instance busy starts
 one at once (cold start) when the max allows. A revision without traffic or tag wants none: its
 instances drain (no new requests, in-flight ones finish), then SIGTERM, `shutdown_grace_s`,
-SIGKILL. A dead instance is forgotten and replaced by the same rule.
+SIGKILL. A dead instance is forgotten and replaced by the same rule; so is one that fails its
+liveness probe (killed at once), while one failing readiness only leaves the rotation (health.py).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pipeline.emulator import router
+from pipeline.emulator import health, router
 from pipeline.emulator.control import ControlPlane, RevisionPlan, ServicePlan
 from pipeline.emulator.host import HostClient, HostError, RemoteInstance
 from pipeline.emulator.router import DRAINING, READY, STARTING, STOPPED, Listener, Pool, Route, Slot
@@ -69,6 +70,8 @@ class RevisionRuntime:
         self.restored = False
         self.busy = 0  # instance tasks still launching or stopping
         self.fresh_until = 0.0  # a revision just checked keeps its instance a while
+        self.health: dict[str, dict[str, health.Tally]] = {}  # slot id → kind → results
+        self.watchers: dict[str, list[asyncio.Task[Any]]] = {}  # slot id → its health checks
 
     # ---- scaling
 
@@ -188,6 +191,7 @@ class RevisionRuntime:
             self.plan = replace(self.plan, state="ready")
             self.fresh_until = time.monotonic() + dp.settings.scale_in_delay_s
         self.pool.slot_ready(slot)
+        self._watch_health(slot)
         log.info("%s: instance %s ready at %s", self.short, slot.id, handle.url)
         dp.instances_changed()
         if check:
@@ -262,6 +266,77 @@ class RevisionRuntime:
         self.pool.kick()
         self.dp.poke()
 
+    # ---- health checks (liveness and readiness probes)
+
+    def _watch_health(self, slot: Slot) -> None:
+        checks = [c for c in (self.plan.liveness, self.plan.readiness) if c is not None]
+        if not checks:
+            return
+        tallies = self.health[slot.id] = {}
+        tasks = self.watchers[slot.id] = []
+        for check in checks:
+            tally = tallies[check.kind] = health.Tally(check)
+
+            def on_change(healthy: bool, tally: health.Tally, check: Any = check) -> bool:
+                return self._health_changed(slot, check, healthy, tally)
+
+            probe = health.http_check if check.path is not None else health.tcp_check
+            tasks.append(
+                self.dp.spawn(
+                    health.watch(check, (slot.host, slot.port), tally, on_change, probe=probe)
+                )
+            )
+
+    def stop_health_checks(self, slot: Slot) -> None:
+        for task in self.watchers.pop(slot.id, []):
+            if task is not asyncio.current_task():
+                task.cancel()
+
+    def _health_changed(
+        self, slot: Slot, check: health.HealthCheck, healthy: bool, tally: health.Tally
+    ) -> bool:
+        """Acts on what a health check decided; False: stop checking this instance."""
+        if slot.state == STOPPED:
+            return False
+        if check.kind == health.LIVENESS:
+            self.kill(
+                slot,
+                f"liveness probe failed {tally.failures} times in a row: {tally.last_error}",
+            )
+            return False
+        if healthy:
+            log.info("%s: instance %s passes its readiness probe again", self.short, slot.id)
+            self.pool.back_in_rotation(slot)
+        else:
+            log.warning(
+                "%s: instance %s failed its readiness probe %d times in a row (%s): "
+                "no new requests for it",
+                self.short,
+                slot.id,
+                tally.failures,
+                tally.last_error,
+            )
+            self.pool.out_of_rotation(slot)
+            self.dp.poke()
+        self.dp.instances_changed()
+        return True
+
+    def kill(self, slot: Slot, reason: str) -> None:
+        """Shut the instance down at once with SIGKILL (as Cloud Run does when liveness fails):
+        its in-flight requests are answered 503, and the autoscaler replaces it."""
+        if slot.state == STOPPED:
+            return
+        log.warning("%s: instance %s killed: %s", self.short, slot.id, reason)
+        self.last_failure = {"instance": slot.id, "reason": reason, "log_tail": []}
+        slot.killed = f"the instance was shut down: {reason}"
+        self.pool.remove(slot)
+        slot.abort_all()
+        if slot.handle is not None:
+            self.busy += 1
+            self.dp.spawn(self._busy(self._stop(slot, 0.0)))
+        self.pool.kick()
+        self.dp.instances_changed()
+
     def _on_suspect(self, slot: Slot) -> None:
         """The router could not reach the instance: no new requests for it, and check it."""
         if slot.state == READY:
@@ -284,6 +359,7 @@ class RevisionRuntime:
 
     async def _stop(self, slot: Slot, grace: float | None = None) -> None:
         slot.state = STOPPED
+        self.stop_health_checks(slot)
         handle = slot.handle
         if handle is not None and not handle.stopped:
             handle.stopped = True
@@ -302,6 +378,8 @@ class RevisionRuntime:
 
     async def _cleanup(self, slot: Slot) -> None:
         slot.state = STOPPED
+        self.stop_health_checks(slot)
+        self.health.pop(slot.id, None)
         slot.abort_all()
         workdir = self.dp.state_dir / "instances" / slot.id
         await self.dp.blocking(shutil.rmtree, workdir, True)
@@ -566,6 +644,8 @@ class DataPlane:
         for rr in self.revisions.values():
             rr.retired = True
             rr.pool.close()
+            for slot in rr.pool.slots:
+                rr.stop_health_checks(slot)
         if not kill:  # in-flight requests get up to 2 s to finish
             await apoll(
                 lambda: (
@@ -618,7 +698,11 @@ class DataPlane:
                     "requests": slot.requests,
                     "age_s": round(time.monotonic() - slot.started_at, 3),
                     "ready_s": round(slot.ready_at - slot.started_at, 3) if slot.ready_at else None,
+                    "serving": slot in pool.ready,
                 }
+                checks = rr.health.get(slot.id)
+                if checks:
+                    entry["health"] = {kind: t.as_json() for kind, t in checks.items()}
                 if slot.handle is not None and slot.state != STARTING:
                     try:
                         stats = await slot.handle.stats()

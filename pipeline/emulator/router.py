@@ -134,6 +134,7 @@ class Slot:
         "started_at",
         "ready_at",
         "draining_since",
+        "killed",
     )
 
     def __init__(self, pool: Pool, slot_id: str) -> None:
@@ -150,6 +151,7 @@ class Slot:
         self.started_at = time.monotonic()
         self.ready_at: float | None = None
         self.draining_since: float | None = None
+        self.killed: str | None = None  # why it was shut down at once: its requests get 503
 
     def send(self, client: ClientConn) -> None:
         self.inflight += 1
@@ -339,6 +341,16 @@ class Pool:
         slot.ready_at = time.monotonic()
         self.ready.append(slot)
         self.kick()
+
+    def out_of_rotation(self, slot: Slot) -> None:
+        """No new requests for `slot` for now (it fails its readiness probe)."""
+        if slot in self.ready:
+            self.ready.remove(slot)
+
+    def back_in_rotation(self, slot: Slot) -> None:
+        if slot.state == READY and slot not in self.ready:
+            self.ready.append(slot)
+            self.kick()
 
     def drain(self, slot: Slot) -> None:
         """No new requests for `slot`; `on_idle` once its in-flight requests are done."""
@@ -890,7 +902,10 @@ class UpConn(asyncio.Protocol):
         slot.pool.inflight -= 1
         pool = slot.pool
         if self.in_head and not self.got:
-            pool.answer(client, 502, "Bad Gateway", f"the instance failed: {why}")
+            if slot.killed is not None:
+                pool.answer(client, 503, "Service Unavailable", slot.killed)
+            else:
+                pool.answer(client, 502, "Bad Gateway", f"the instance failed: {why}")
         else:
             # part of the response is out: the client can only see the connection end
             st = pool.stats
@@ -939,7 +954,13 @@ class UpConn(asyncio.Protocol):
             slot.pool.finished(slot, _class(self.status), client.t0)
             client.done(False)
             return
-        if self.reused and not self.got and not client.closed and client.retries < _MAX_RETRIES:
+        if (
+            self.reused
+            and not self.got
+            and slot.killed is None
+            and not client.closed
+            and client.retries < _MAX_RETRIES
+        ):
             # a stale keep-alive connection: nothing was answered, send it again
             client.retries += 1
             slot.inflight -= 1
