@@ -25,8 +25,6 @@ native comparison run) is removed at the end, also after a failed stage or Ctrl-
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -44,8 +42,8 @@ from pipeline.phases.week3 import (
     launch_env,
     load_targets,
     run_load_stage,
+    run_phase_frame,
     run_smoke_stage,
-    secret_values,
 )
 from pipeline.runtime import runtime_for
 from pipeline.runtime.base import LaunchSpec, StartupFailed
@@ -114,7 +112,10 @@ def judge_overhead(
 
 
 class Rehearsal:
-    """The eleven stages over one sandboxed release (a LiveRelease on the gvisor runtime)."""
+    """The eleven stages over one sandboxed release (a LiveRelease on the gvisor runtime): the
+    phase frame's Play for week 2."""
+
+    on_interrupt = "the sandbox was stopped and removed"
 
     def __init__(
         self,
@@ -841,35 +842,21 @@ def run_week2(
     spec = env.gate_spec(settings.gate or "week2")
     runtime = runtime_factory(env)  # runsc missing → PipelineError with the install command
 
-    workdir = Path(tempfile.mkdtemp(prefix="taiea-week2-"))
-    rehearsal: Rehearsal | None = None
-    try:
-        launch = launch_env(env, workdir / "tmp")
-        run = PhaseRun(
-            "week2", env, receipts_path=receipts, view=view, secrets=secret_values(env, launch)
-        )
-        if on_record is not None:
-            run.writer.subscribe(on_record)
-        live = LiveRelease(run, tarball, workdir, env.start.port if port is None else port, runtime)
-        rehearsal = Rehearsal(run, live, plan, info, runtime.native())
-        run.begin(
-            info.as_receipt(),
-            runtime=runtime.name,
-            load=asdict(plan),
-            sandbox=runtime.limits.as_receipt(),
-            stages=list(STAGES),
-        )
-        try:
-            rehearsal.stages()
-        except KeyboardInterrupt:
-            run.interrupted = True
-            rehearsal.cleanup()
-            run.error(None, "interrupted (Ctrl-C): the sandbox was stopped and removed")
-        result = run.finish(spec)
-        if live.bad_input is not None:
-            raise live.bad_input
-        return result
-    finally:
-        if rehearsal is not None:
-            rehearsal.cleanup()
-        shutil.rmtree(workdir, ignore_errors=True)
+    return run_phase_frame(
+        "week2",
+        tarball,
+        env,
+        spec,
+        lambda run, live: Rehearsal(run, live, plan, info, runtime.native()),
+        info=info,
+        runtime=runtime,
+        port=port,
+        receipts=receipts,
+        view=view,
+        on_record=on_record,
+        begin={
+            "load": asdict(plan),
+            "sandbox": runtime.limits.as_receipt(),
+            "stages": list(STAGES),
+        },
+    )

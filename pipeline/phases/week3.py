@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pipeline import release as releases
 from pipeline.config import Env, LoadProfile, SmokeTest
@@ -282,6 +282,94 @@ def run_load_stage(
         return summary
 
 
+class Play(Protocol):
+    """What a phase does between its run's first line and its verdict."""
+
+    on_interrupt: str  # how the Ctrl-C error receipt ends: what was stopped
+
+    def stages(self) -> None: ...
+
+    def cleanup(self) -> None: ...
+
+
+def run_phase_frame(
+    phase: str,
+    tarball: Path,
+    env: Env,
+    spec: Any,
+    play: Callable[[PhaseRun, LiveRelease], Play],
+    *,
+    info: releases.ReleaseInfo,
+    runtime: Any,
+    port: int | None,
+    receipts: str | Path | None,
+    view: View | None,
+    on_record: Callable[[dict[str, Any]], None] | None,
+    begin: dict[str, Any],
+) -> PhaseResult:
+    """The frame of every phase that runs the release: open the run (`begin`: extra fields of
+    its first line), play the stages, judge and seal — and clean up whatever happens. Ctrl-C is
+    an error receipt and a failing verdict; an extraction refusal is judged and sealed first,
+    then re-raised (exit 2)."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"taiea-{phase}-"))
+    played: Play | None = None
+    try:
+        launch = launch_env(env, workdir / "tmp")
+        run = PhaseRun(
+            phase, env, receipts_path=receipts, view=view, secrets=secret_values(env, launch)
+        )
+        if on_record is not None:
+            run.writer.subscribe(on_record)
+        live = LiveRelease(run, tarball, workdir, env.start.port if port is None else port, runtime)
+        played = play(run, live)
+        run.begin(info.as_receipt(), runtime=runtime.name, **begin)
+        try:
+            played.stages()
+        except KeyboardInterrupt:
+            run.interrupted = True
+            played.cleanup()
+            run.error(None, f"interrupted (Ctrl-C): {played.on_interrupt}")
+        result = run.finish(spec)
+        if live.bad_input is not None:
+            raise live.bad_input
+        return result
+    finally:
+        if played is not None:
+            played.cleanup()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+class LivePlay:
+    """Validate, extract, start, monitor, then the phase's `body(run, instance)`, then stop."""
+
+    on_interrupt = "the release was stopped"
+
+    def __init__(
+        self,
+        run: PhaseRun,
+        live: LiveRelease,
+        info: releases.ReleaseInfo,
+        body: Callable[[PhaseRun, Instance], None],
+        skipped: tuple[str, ...],
+    ):
+        self.run, self.live, self.info, self.body, self.skipped = run, live, info, body, skipped
+
+    def stages(self) -> None:
+        live = self.live
+        live.validate(self.info)
+        if live.extract(self.info) and live.start():
+            assert live.instance is not None
+            live.start_monitor()
+            self.body(self.run, live.instance)
+        else:
+            for name in self.skipped:
+                self.run.skip(name, "the release did not start")
+        live.stop()
+
+    def cleanup(self) -> None:
+        self.live.cleanup()
+
+
 def run_live_phase(
     phase: str,
     tarball: Path,
@@ -297,47 +385,27 @@ def run_live_phase(
     on_record: Callable[[dict[str, Any]], None] | None = None,
     begin: dict[str, Any] | None = None,
 ) -> PhaseResult:
-    """The frame of every phase that runs the release here: validate, extract, start, monitor,
-    then `body(run, instance)`, then stop, judge, seal — and clean up whatever happens.
+    """A phase that runs the release (weeks 3 and 4): `LivePlay` in the phase frame.
 
     The tarball is inspected before anything is written: not an OTP release → PipelineError,
-    no run. An extraction refusal is judged and sealed first, then re-raised (exit 2).
+    no run.
     """
     info = releases.inspect(tarball)
     runtime = runtime_factory(env)
-    workdir = Path(tempfile.mkdtemp(prefix=f"taiea-{phase}-"))
-    live: LiveRelease | None = None
-    try:
-        launch = launch_env(env, workdir / "tmp")
-        run = PhaseRun(
-            phase, env, receipts_path=receipts, view=view, secrets=secret_values(env, launch)
-        )
-        if on_record is not None:
-            run.writer.subscribe(on_record)
-        live = LiveRelease(run, tarball, workdir, env.start.port if port is None else port, runtime)
-        run.begin(info.as_receipt(), runtime=runtime.name, **(begin or {}))
-        try:
-            live.validate(info)
-            if live.extract(info) and live.start():
-                assert live.instance is not None
-                live.start_monitor()
-                body(run, live.instance)
-            else:
-                for name in skipped:
-                    run.skip(name, "the release did not start")
-            live.stop()
-        except KeyboardInterrupt:
-            run.interrupted = True
-            live.cleanup()
-            run.error(None, "interrupted (Ctrl-C): the release was stopped")
-        result = run.finish(spec)
-        if live.bad_input is not None:
-            raise live.bad_input
-        return result
-    finally:
-        if live is not None:
-            live.cleanup()
-        shutil.rmtree(workdir, ignore_errors=True)
+    return run_phase_frame(
+        phase,
+        tarball,
+        env,
+        spec,
+        lambda run, live: LivePlay(run, live, info, body, skipped),
+        info=info,
+        runtime=runtime,
+        port=port,
+        receipts=receipts,
+        view=view,
+        on_record=on_record,
+        begin=begin or {},
+    )
 
 
 def run_week3(
