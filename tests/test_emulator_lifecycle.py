@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from fixtures_emulator import PARENT, get, http_json, release_pids
 
@@ -225,3 +226,40 @@ def test_ctrl_c_on_a_foreground_invoke_start_stops_every_instance(tmp_path, refe
     assert b"emulator: stopped" in out
     assert release_pids(state) == []
     assert daemon.status(state)["running"] is False
+
+
+def test_revisions_run_in_gvisor_when_the_env_says_so(
+    gvisor_clean, start_emulator, reference_tarball, tmp_path
+):
+    """`[emulator] runtime = "gvisor"`: each instance is a runsc sandbox with the env's limits;
+    stopping the emulator removes every sandbox and cgroup (gvisor_clean, set up first so it
+    checks after the emulator fixture's own clean-up)."""
+    from fixtures_gvisor import runsc_ids, write_env
+    from google.cloud import run_v2 as v2
+
+    before = runsc_ids()
+    env = write_env(tmp_path / "emulator-gvisor.toml", {"emulator": {"runtime": "gvisor"}})
+    emu = start_emulator(str(env))
+    svc = (
+        emu.services()
+        .create_service(
+            parent=PARENT,
+            service_id="boxed",
+            service=v2.Service(
+                template=v2.RevisionTemplate(
+                    containers=[v2.Container(image=f"file://{reference_tarball()}")],
+                    scaling=v2.RevisionScaling(min_instance_count=1),
+                )
+            ),
+        )
+        .result(timeout=120, polling=emu.POLL)
+    )
+    status, revision, body = get(svc.uri)
+    assert (status, revision) == (200, svc.latest_ready_revision.rsplit("/", 1)[1])
+    assert json.loads(body)["status"] == "ok"
+    (instance,) = emu.metrics(svc.name)["revisions"][0]["instance_list"]
+    assert "runsc" in psutil.Process(instance["pid"]).cmdline()[0]
+    sandboxes = runsc_ids() - before
+    assert len(sandboxes) == 1 and next(iter(sandboxes)).startswith("taiea-")
+    assert emu.stop() == 0
+    assert runsc_ids() - before == set()
