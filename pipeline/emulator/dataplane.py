@@ -280,11 +280,8 @@ class RevisionRuntime:
             def on_change(healthy: bool, tally: health.Tally, check: Any = check) -> bool:
                 return self._health_changed(slot, check, healthy, tally)
 
-            probe = health.http_check if check.path is not None else health.tcp_check
             tasks.append(
-                self.dp.spawn(
-                    health.watch(check, (slot.host, slot.port), tally, on_change, probe=probe)
-                )
+                self.dp.spawn(health.watch(check, (slot.host, slot.port), tally, on_change))
             )
 
     def stop_health_checks(self, slot: Slot) -> None:

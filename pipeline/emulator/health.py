@@ -129,7 +129,8 @@ Check = Callable[[str, int, "str | None", float], Awaitable["str | None"]]
 
 
 async def http_check(host: str, port: int, path: str | None, timeout_s: float) -> str | None:
-    """GET `path` on the instance: None when it answers 200–399 within the timeout."""
+    """GET `path` on the instance: None when it answers 200–399 within the timeout (no path:
+    the TCP check)."""
     if path is None:
         return await tcp_check(host, port, None, timeout_s)
     writer = None
