@@ -26,12 +26,14 @@ import psutil
 import pytest
 from fixtures_release import (
     NAME,
+    START_TIMEOUT,
     Response,
     RunningRelease,
     extract_release,
     free_port,
     launch,
     poll,
+    request,
 )
 
 from pipeline import reference
@@ -861,3 +863,28 @@ def pid_running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+@pytest.mark.parametrize(
+    ("host", "reached_at"),
+    [("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "127.0.0.1")],
+    ids=["loopback", "every interface"],
+)
+def test_the_process_runtime_reaches_the_release_where_it_listens(
+    reference_tarball: Callable[..., Path], tmp_path: Path, host: str, reached_at: str
+) -> None:
+    """A release bound on every interface is reached on loopback, never at 0.0.0.0."""
+    from pipeline.runtime.base import LaunchSpec
+    from pipeline.runtime.process import ProcessRuntime
+
+    root = extract_release(reference_tarball(), tmp_path / "root")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    spec = LaunchSpec(root=root, name="tai_autonomics", env={"TMPDIR": str(tmp)}, port=0, host=host)
+    instance = ProcessRuntime().start(spec)
+    try:
+        assert instance.url == f"http://{reached_at}:{instance.port}"
+        instance.wait_ready(START_TIMEOUT)
+        assert request(instance.port, "GET", "/health").status == 200
+    finally:
+        instance.stop(5.0)

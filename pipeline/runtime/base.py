@@ -21,6 +21,9 @@ class Stats:
     cpu_percent: float
 
 
+_WILDCARDS = frozenset({"0.0.0.0", "::"})  # the bind-all addresses (named here, bound nowhere)
+
+
 @dataclass(frozen=True)
 class LaunchSpec:
     """What to start: the extracted release root, its name, and the start environment."""
@@ -35,6 +38,12 @@ class LaunchSpec:
     poll_interval_s: float = 0.05
     run_id: str = "adhoc"
     tarball: Path | None = None  # the release's tarball (the remote runtime uploads it)
+
+    @property
+    def reach_host(self) -> str:
+        """Where a client connects to reach the release: `host`, or loopback when the release
+        listens on every interface (``host`` the wildcard address)."""
+        return "127.0.0.1" if self.host in _WILDCARDS else self.host
 
 
 class Instance(Protocol):

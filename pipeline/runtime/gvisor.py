@@ -511,7 +511,7 @@ class GvisorInstance:
     ):
         self.spec = spec
         self.port = port
-        self.url = f"http://{spec.host}:{port}"
+        self.url = f"http://{spec.reach_host}:{port}"
         self.sandbox = sandbox
         self.id = sandbox.id
         self.proc = proc

@@ -64,7 +64,7 @@ class ProcessInstance:
     def __init__(self, spec: LaunchSpec, port: int, proc: subprocess.Popen[bytes]):
         self.spec = spec
         self.port = port
-        self.url = f"http://{spec.host}:{port}"
+        self.url = f"http://{spec.reach_host}:{port}"
         self.proc = proc
         self.pid = proc.pid
         self.started_at = time.monotonic()

@@ -1214,9 +1214,7 @@ class RemoteInstance:
         started = time.monotonic()
         self._start(root, env)
         self._follow()
-        self.forwarder = Forwarder(
-            conn, self.port, spec.host if spec.host != "0.0.0.0" else "127.0.0.1"
-        )
+        self.forwarder = Forwarder(conn, self.port, spec.reach_host)
         self.url = f"http://127.0.0.1:{self.forwarder.port}"
         self.facts.update(
             work=self.work,
