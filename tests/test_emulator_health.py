@@ -142,9 +142,7 @@ def test_liveness_watch_stops_at_the_failure_that_kills():
 
     c = check(initial_delay_s=5.0, failure_threshold=2, timeout_s=0.5)
     tally = Tally(c)
-    asyncio.run(
-        watch(c, ("127.0.0.1", 9), tally, on_change, probe=script.probe, sleep=script.sleep)
-    )
+    asyncio.run(watch(tally, ("127.0.0.1", 9), on_change, probe=script.probe, sleep=script.sleep))
     assert changes == [False] and tally.last_error == "no answer within 1 s"
     assert script.calls == [("127.0.0.1", 9, "/health", 0.5)] * 3
     assert script.slept == [5.0, 1.0, 1.0], "the initial delay, then one period between probes"
@@ -161,7 +159,7 @@ def test_readiness_watch_goes_on_through_changes():
 
     c = check(READINESS, path="/ready", failure_threshold=1)
     with pytest.raises(asyncio.CancelledError):
-        asyncio.run(watch(c, ("h", 1), Tally(c), on_change, probe=script.probe, sleep=script.sleep))
+        asyncio.run(watch(Tally(c), ("h", 1), on_change, probe=script.probe, sleep=script.sleep))
     assert changes == [False, True]
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import math
 import shutil
@@ -276,26 +277,19 @@ class RevisionRuntime:
         tasks = self.watchers[slot.id] = []
         for check in checks:
             tally = tallies[check.kind] = health.Tally(check)
-
-            def on_change(healthy: bool, tally: health.Tally, check: Any = check) -> bool:
-                return self._health_changed(slot, check, healthy, tally)
-
-            tasks.append(
-                self.dp.spawn(health.watch(check, (slot.host, slot.port), tally, on_change))
-            )
+            on_change = functools.partial(self._health_changed, slot)
+            tasks.append(self.dp.spawn(health.watch(tally, (slot.host, slot.port), on_change)))
 
     def stop_health_checks(self, slot: Slot) -> None:
         for task in self.watchers.pop(slot.id, []):
             if task is not asyncio.current_task():
                 task.cancel()
 
-    def _health_changed(
-        self, slot: Slot, check: health.HealthCheck, healthy: bool, tally: health.Tally
-    ) -> bool:
+    def _health_changed(self, slot: Slot, healthy: bool, tally: health.Tally) -> bool:
         """Acts on what a health check decided; False: stop checking this instance."""
         if slot.state == STOPPED:
             return False
-        if check.kind == health.LIVENESS:
+        if tally.check.kind == health.LIVENESS:
             self.kill(
                 slot,
                 f"liveness probe failed {tally.failures} times in a row: {tally.last_error}",
@@ -375,7 +369,6 @@ class RevisionRuntime:
 
     async def _cleanup(self, slot: Slot) -> None:
         slot.state = STOPPED
-        self.stop_health_checks(slot)
         self.health.pop(slot.id, None)
         slot.abort_all()
         workdir = self.dp.state_dir / "instances" / slot.id

@@ -170,16 +170,16 @@ async def tcp_check(host: str, port: int, path: str | None, timeout_s: float) ->
 
 
 async def watch(
-    check: HealthCheck,
-    target: tuple[str, int],
     tally: Tally,
+    target: tuple[str, int],
     on_change: Callable[[bool, Tally], bool],
     *,
     probe: Check = http_check,
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
 ) -> None:
-    """Probe `target` every period; `on_change(healthy, tally)` on each change of health, and
-    stop when it returns False (the instance is gone)."""
+    """Run `tally.check` on `target` every period; `on_change(healthy, tally)` on each change of
+    health, and stop when it returns False (the instance is gone)."""
+    check = tally.check
     await sleep(check.initial_delay_s)
     host, port = target
     while True:
