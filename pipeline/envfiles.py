@@ -7,11 +7,11 @@ gates.parse_gate validates fully (naming file, gate and key).
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
+from pipeline.tomlfile import read_toml
 
 ENVS_DIR = Path(__file__).resolve().parent.parent / "envs"
 DEFAULT_ENV = "local"
@@ -25,28 +25,11 @@ def resolve(name_or_path: str | Path) -> Path:
     return ENVS_DIR / f"{text}.toml"
 
 
-def read_toml(path: Path, noun: str) -> dict[str, Any]:
-    """A TOML file's tables, or a PipelineError naming the file and what is wrong with it."""
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: no such {noun}") from None
-    except IsADirectoryError:
-        raise PipelineError(f"{path}: is a directory, not a {noun}") from None
-    except PermissionError:
-        raise PipelineError(f"{path}: permission denied") from None
-    except UnicodeDecodeError:
-        raise PipelineError(f"{path}: not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise PipelineError(f"{path}: not valid TOML: {exc}") from None
-
-
 def _read(path: Path) -> dict[str, Any]:
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in ENVS_DIR.glob("*.toml")))
         raise PipelineError(f"{path}: no such env file (envs: {known})")
-    return read_toml(path, "env file")
+    return read_toml(path, "env file")[1]
 
 
 def _merge(

@@ -12,13 +12,13 @@ import base64
 import hashlib
 import json
 import random
-import tomllib
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
+from pipeline.tomlfile import read_toml
 
 EVENTS = ("grant", "revoke", "suspend", "sku_changed")
 KINDS = ("marketplace", "pubsub", "raw")
@@ -229,17 +229,7 @@ def _operation(raw: dict[str, Any], index: int, tenant: str, where: str) -> Oper
 
 def load_scenario(path: str | Path) -> Scenario:
     path = Path(path)
-    try:
-        raw_bytes = path.read_bytes()
-        data = tomllib.loads(raw_bytes.decode("utf-8"))
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: no such scenario file") from None
-    except IsADirectoryError:
-        raise PipelineError(f"{path}: is a directory, not a scenario file") from None
-    except UnicodeDecodeError:
-        raise PipelineError(f"{path}: not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise PipelineError(f"{path}: not valid TOML: {exc}") from None
+    raw_bytes, data = read_toml(path, "scenario file")
     where = str(path)
     unknown = set(data) - {"customer", "pricing", "replay", "operations", "description"}
     if unknown:
