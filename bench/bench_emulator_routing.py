@@ -269,7 +269,10 @@ def main() -> int:
                     f = runs["floor"]
                     floors.append(f.rps / d.rps)
                     floor_us.append(f.proxy_us)
-                    floor_note = f" | floor {f.rps / d.rps:.2f} ({f.proxy_us:.1f} us/req)"
+                    floor_note = (
+                        f" | floor {f.rps / d.rps:.2f} ({f.proxy_us:.1f} us/req,"
+                        f" instance {f.instance_us:.1f} us)"
+                    )
                 print(
                     f"round {n + 1}: instance {d.rps:8.0f} req/s p50 {d.p50_ms:6.3f} ms | "
                     f"service {s.rps:8.0f} req/s p50 {s.p50_ms:6.3f} ms p99 {s.p99_ms:6.2f} ms | "

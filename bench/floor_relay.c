@@ -38,18 +38,20 @@ static void nodelay(int fd) {
 
 /* Writes all of buf; a short write (never seen with small HTTP messages) waits blocking. */
 static int write_all(int fd, const char *buf, ssize_t n) {
+    int blocking = 0;
     while (n > 0) {
         ssize_t w = write(fd, buf, (size_t)n);
         if (w < 0) {
             if (errno == EINTR) continue;
             if (errno != EAGAIN) return -1;
             fcntl(fd, F_SETFL, 0);
+            blocking = 1;
             continue;
         }
         buf += w;
         n -= w;
     }
-    fcntl(fd, F_SETFL, O_NONBLOCK);
+    if (blocking) fcntl(fd, F_SETFL, O_NONBLOCK);
     return 0;
 }
 
