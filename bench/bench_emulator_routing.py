@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_emulator_routing.py [--rounds 5] [--duration 4] [--threads 2]
                                                      [--tarball T]
 
-The emulator runs as users run it (`python -m pipeline.emulator serve`, a process of its own);
+The emulator runs as users run it (`python -m pipeline.emulator start --background`);
 one service runs the reference release (pipeline/reference.py, built here unless --tarball) at
 exactly one instance (min = max = 1), so both measurements hit the same instance. Each round
 runs ``wrk -t2 -c16 -d<duration>s --latency GET /health`` straight at the instance (the anchor)
@@ -30,7 +30,6 @@ import contextlib
 import json
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -44,7 +43,8 @@ from typing import Any
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
 from pipeline.waiting import poll  # noqa: E402
 
@@ -157,36 +157,31 @@ def fetch(url: str) -> Any:
 
 
 @contextlib.contextmanager
-def emulator(state: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    from pipeline.emulator import daemon
-
-    log = open(state.parent / "emulator.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        daemon.serve_command("cloudrun-local", 0, state),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
+def emulator(state: Path) -> Iterator[tuple[str, int]]:
+    """The emulator started in the background as users start it: its URL and pid."""
+    command = [sys.executable, "-m", "pipeline.emulator"]
+    where = ["--state-dir", str(state)]
+    started = subprocess.run(
+        [*command, "start", "--background", "--port", "0", *where],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     try:
-
-        def up() -> str | None:
-            if proc.poll() is not None:
-                raise SystemExit(f"the emulator exited with {proc.returncode}")
-            reg = daemon.read_registry(state)
-            ok = reg is not None and reg.get("pid") == proc.pid and daemon.probe(reg["url"])
-            return str(reg["url"]) if ok and reg is not None else None
-
-        yield poll(up, timeout=60, what="the emulator"), proc
+        if started.returncode != 0:
+            raise SystemExit(f"the emulator did not start: {started.stderr.strip()}")
+        status = json.loads(
+            subprocess.run(
+                [*command, "status", "--json", *where],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+        yield status["url"], int(status["pid"])
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
+        subprocess.run([*command, "stop", *where], cwd=REPO, capture_output=True)
 
 
 def deploy(url: str, tarball: Path) -> tuple[str, str, int]:
@@ -237,12 +232,12 @@ def main() -> int:
 
             tarball = reference.build(tmp / "build")
         with contextlib.ExitStack() as stack:
-            url, proc = stack.enter_context(emulator(tmp / "state"))
+            url, emulator_pid = stack.enter_context(emulator(tmp / "state"))
             service_url, instance_url, pid = deploy(url, tarball.resolve())
-            emu, inst = psutil.Process(proc.pid), psutil.Process(pid)
+            emu, inst = psutil.Process(emulator_pid), psutil.Process(pid)
             floor = stack.enter_context(floor_relay(tmp, instance_url))
             print(
-                f"emulator {url} (pid {proc.pid}); service {service_url} → instance {instance_url}"
+                f"emulator {url} (pid {emulator_pid}); service {service_url} → instance {instance_url}"
             )
             print(
                 f"wrk -t2 -c{CONNECTIONS} -d{args.duration:g}s --latency GET /health, {args.rounds} rounds"

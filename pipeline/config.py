@@ -201,6 +201,14 @@ class Env(Strict):
                 f"{self.path}: no load profile {name!r} in [load.profiles] (known: {known})"
             ) from None
 
+    def file_path(self, key: str, value: str) -> Path:
+        """A path the env gives at dotted `key`: `~` expanded, and a relative one taken from the
+        folder of the file that set it (not from wherever the tool runs)."""
+        path = Path(value).expanduser()
+        if path.is_absolute():
+            return path
+        return Path(self.sources.get(key, self.path)).parent / path
+
     def gate_spec(self, gate: str) -> Any:
         return envfiles.gate_spec_of(self.gates, self.sources, self.path, gate)
 

@@ -136,6 +136,36 @@ def test_extends_by_path(tmp_path: Path) -> None:
     assert config.load_env(child).start.port == 1111
 
 
+def test_a_relative_path_in_an_env_file_is_taken_from_that_files_folder(tmp_path: Path) -> None:
+    (tmp_path / "team").mkdir()
+    base = write(
+        tmp_path / "team",
+        "base",
+        """
+        [emulator.images]
+        "taiea:1" = "releases/v1.tar.gz"
+        "taiea:abs" = "/srv/v2.tar.gz"
+        """,
+    )
+    child = write(
+        tmp_path,
+        "child",
+        f"""
+        extends = "{base}"
+        [emulator.images]
+        "taiea:2" = "v2.tar.gz"
+        """,
+    )
+    env = config.load_env(child)
+    found = {k: env.file_path(f"emulator.images.{k}", v) for k, v in env.emulator.images.items()}
+    assert found == {
+        "taiea:1": tmp_path / "team" / "releases" / "v1.tar.gz",
+        "taiea:abs": Path("/srv/v2.tar.gz"),
+        "taiea:2": tmp_path / "v2.tar.gz",
+    }
+    assert env.file_path("emulator.images.x", "~/r.tar.gz") == Path.home() / "r.tar.gz"
+
+
 # ---------------------------------------------------------------------------------------------
 # errors name the file that set the key
 

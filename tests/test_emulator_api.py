@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import threading
+import time
 from typing import Any
 
 import psutil
@@ -581,3 +582,159 @@ def test_metrics_endpoint_shape_and_receipts(emulator, images):
     )
     assert status == 200 and logs["instances"][0]["lines"]
     assert http_json(emulator.url, "GET", f"/emulator/v1/{PARENT}/services/ghost/metrics")[0] == 404
+
+
+def test_update_options_allow_missing_validate_only_and_update_mask(emulator, images):
+    from google.api_core import exceptions
+
+    v2 = run_v2()
+    sc = emulator.services()
+    name = f"{PARENT}/services/upsert"
+    body = service_body(images["v1"])
+    body.name = name
+
+    def update(service: Any, **options: Any) -> Any:
+        request = v2.UpdateServiceRequest(service=service, **options)
+        return sc.update_service(request=request).result(timeout=90, polling=emulator.POLL)
+
+    with pytest.raises(exceptions.NotFound):
+        update(body)
+    update(body, allow_missing=True, validate_only=True)
+    with pytest.raises(exceptions.NotFound):
+        sc.get_service(name=name)  # validated, not created
+    svc = update(body, allow_missing=True)
+    assert get(svc.uri)[:2] == (200, short(svc.latest_ready_revision))
+    first = svc.latest_ready_revision
+
+    svc.template.containers[0].image = images["v2"]
+    preview = update(svc, validate_only=True)
+    assert preview.generation == 2 and preview.latest_ready_revision == first
+    svc.template.containers[0].image = "file:///no/such/release.tar.gz"
+    with pytest.raises(exceptions.BadRequest, match="no such file"):
+        update(svc, validate_only=True)
+    svc.template.containers[0].image = images["v2"]
+    svc.description = "described"
+    masked = update(svc, update_mask={"paths": ["description"]})
+    assert masked.description == "described"
+    assert masked.latest_created_revision == first, "the mask left the template out"
+    assert [short(r.name) for r in emulator.revisions().list_revisions(parent=name)] == [
+        short(first)
+    ]
+    masked.template.containers[0].image = images["v2"]
+    full = update(masked)
+    assert full.latest_created_revision != first and full.generation == 3
+
+
+def test_a_request_to_a_revision_scaled_to_zero_cold_starts_an_instance(emulator, images):
+    svc = create(emulator, "sleepy", images["v1"])
+    rev = svc.latest_ready_revision
+    [deployed] = emulator.revision_metrics(svc.name, rev)["instance_list"]
+    poll(
+        lambda: True if emulator.revision_metrics(svc.name, rev)["instances"] == 0 else None,
+        timeout=30,
+        what="scale-in to zero",
+    )
+    assert get(svc.uri, timeout=30)[:2] == (200, short(rev))
+    metrics = emulator.revision_metrics(svc.name, rev)
+    [cold] = metrics["instance_list"]
+    assert cold["pid"] != deployed["pid"] and cold["requests"] == 1
+    assert 0 < cold["ready_s"] * 1000 <= metrics["latency_ms"]["max"], "it waited for the start"
+    assert metrics["requests"] == 1 and metrics["failed"] == metrics["rejected"] == 0
+
+
+def test_deleting_a_service_lets_its_in_flight_request_finish_first(emulator, images):
+    svc = create(
+        emulator, "leaving", images["v1"], scaling=run_v2().RevisionScaling(min_instance_count=1)
+    )
+    [instance] = emulator.revision_metrics(svc.name, svc.latest_ready_revision)["instance_list"]
+    slow, statuses = request_in_flight(emulator, svc)
+    op = emulator.services().delete_service(name=svc.name)
+    assert not op.done(), "the delete waits for the drain"
+    assert psutil.pid_exists(instance["pid"])
+    assert op.result(timeout=60, polling=emulator.POLL).name == svc.name
+    slow.join(30)
+    assert statuses == [200], "the request in flight finished on the deleted service"
+    assert not emulator.instance_pids()
+
+
+def test_an_image_name_mapped_in_the_env_file_deploys_its_tarball(
+    start_emulator, reference_tarball, tmp_path
+):
+    from google.api_core import exceptions
+
+    from pipeline.config import resolve
+
+    (tmp_path / "team" / "releases").mkdir(parents=True)
+    (tmp_path / "team" / "releases" / "taiea.tar.gz").write_bytes(
+        reference_tarball("none").read_bytes()
+    )
+    env = tmp_path / "team" / "mapped.toml"
+    env.write_text(
+        f'extends = "{resolve("cloudrun-local").resolve()}"\n'
+        '[emulator.images]\n"taiea:1.0.0" = "releases/taiea.tar.gz"\n'
+    )
+    mapped = start_emulator(str(env))  # its working directory is not the env file's folder
+    svc = create(mapped, "mapped", "taiea:1.0.0")
+    assert get(svc.uri)[:2] == (200, short(svc.latest_ready_revision))
+    revision = mapped.revisions().get_revision(name=svc.latest_ready_revision)
+    assert revision.containers[0].image == "taiea:1.0.0"
+    with pytest.raises(exceptions.BadRequest, match=r"names no release.*mapped: taiea:1\.0\.0"):
+        create(mapped, "unmapped", "taiea:9")
+
+
+def release_inflight(instance_url: str) -> int:
+    """The release's own count of requests it is handling (its /metrics), this one included."""
+    status, _revision, body = get(instance_url, "/metrics")
+    assert status == 200
+    found = re.search(rb"^taiea_http_inflight_requests (\d+)$", body, re.M)
+    assert found, body[:200]
+    return int(found.group(1))
+
+
+def test_a_leaving_instance_gets_sigterm_then_sigkill_after_the_grace(start_emulator, images):
+    grace = 2.0
+    emu = start_emulator(settings={"shutdown_grace_s": grace})
+    min_one = run_v2().RevisionScaling(min_instance_count=1)
+    exits: dict[str, tuple[str, float]] = {}
+
+    def delete_and_time(service_id: str) -> dict[str, Any]:
+        svc = emu.services().get_service(name=f"{PARENT}/services/{service_id}")
+        [inst] = emu.revision_metrics(svc.name, svc.latest_ready_revision)["instance_list"]
+        began = time.monotonic()
+        emu.services().delete_service(name=svc.name).result(timeout=60, polling=emu.POLL)
+        stopped = re.search(rf"instance {inst['id']} stopped \(exit (-?\d+)\)", emu.log_tail(200))
+        assert stopped, emu.log_tail()
+        exits[service_id] = (stopped.group(1), time.monotonic() - began)
+        assert not psutil.pid_exists(inst["pid"])
+        return inst
+
+    create(emu, "polite", images["v1"], scaling=min_one)
+    delete_and_time("polite")
+    status, took = exits["polite"]
+    assert status == "0" and took < grace, "an idle release exits on SIGTERM, no kill needed"
+
+    svc = create(emu, "stubborn", images["v1"], scaling=min_one)
+    [inst] = emu.revision_metrics(svc.name, svc.latest_ready_revision)["instance_list"]
+    # a request the router does not know of (straight to the instance) keeps the release busy
+    # past SIGTERM: it finishes in-flight work before it exits, for longer than the grace
+    before = release_inflight(inst["url"])
+    answers: list[Any] = []
+
+    def straight() -> None:
+        try:
+            answers.append(get(inst["url"], "/slow?ms=30000", timeout=60)[0])
+        except OSError as exc:
+            answers.append(exc)
+
+    thread = threading.Thread(target=straight)
+    thread.start()
+    poll(
+        lambda: True if release_inflight(inst["url"]) > before else None,
+        timeout=10,
+        what="the release busy with the slow request",
+    )
+    delete_and_time("stubborn")
+    thread.join(30)
+    status, took = exits["stubborn"]
+    assert status == "137" and grace <= took < grace + 10, (status, took)
+    assert isinstance(answers[0], OSError), "the release was killed mid-request"

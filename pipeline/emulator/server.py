@@ -277,7 +277,12 @@ class Emulator:
     async def _setup(self) -> None:
         from pipeline.emulator.host import HostClient
 
-        resolver = ImageResolver(self.settings.images)
+        resolver = ImageResolver(
+            {
+                name: str(self.env.file_path(f"emulator.images.{name}", tarball))
+                for name, tarball in self.settings.images.items()
+            }
+        )
         self.resolver = resolver
         self.control = ControlPlane(
             resolve_image=resolver.resolve,
