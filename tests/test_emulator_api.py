@@ -384,6 +384,40 @@ def test_a_killed_instance_is_replaced_and_only_its_in_flight_requests_fail(emul
     assert emulator.revision_metrics(svc.name, rev)["failed"] == 1
 
 
+def test_under_load_a_killed_instance_fails_only_what_it_had_in_flight(start_emulator, images):
+    from pipeline.probes.load import RequestResult, Target, run_open_loop
+
+    emu = start_emulator()  # the default queue timeout (10 s) covers the replacement's start
+    svc = create(emu, "hardy", images["v1"], scaling=run_v2().RevisionScaling(min_instance_count=1))
+    rev = svc.latest_ready_revision
+    [instance] = emu.revision_metrics(svc.name, rev)["instance_list"]
+    slow, slow_status = request_in_flight(emu, svc)
+    results: list[RequestResult] = []
+    began: list[float] = []
+
+    def load() -> None:
+        began.append(time.perf_counter())
+        run_open_loop(
+            svc.uri, [Target("health", "GET", "/health")], 50, 4.0, on_result=results.append
+        )
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    poll(lambda: True if len(results) >= 25 else None, timeout=10, what="half a second of load")
+    os.kill(instance["pid"], signal.SIGKILL)
+    killed_at = time.perf_counter() - began[0]
+    thread.join(60)
+    slow.join(30)
+
+    assert slow_status == [502]
+    failed = [r for r in results if not r.passed]
+    assert all(r.sent_s <= killed_at for r in failed), "a request sent after the kill failed"
+    assert len(results) == 200 and len(failed) <= 2, failed
+    metrics = emu.revision_metrics(svc.name, rev)
+    assert metrics["failed"] == 1 + len(failed), "the emulator counts what the clients saw"
+    assert replacement_of(emu, svc, instance)["requests"] >= 200 - 25 - len(failed)
+
+
 def http_probe(path: str = "/health", **kw: Any) -> Any:
     v2 = run_v2()
     return v2.Probe(http_get=v2.HTTPGetAction(path=path), period_seconds=1, timeout_seconds=1, **kw)
@@ -692,7 +726,7 @@ def release_inflight(instance_url: str) -> int:
 
 
 def test_a_leaving_instance_gets_sigterm_then_sigkill_after_the_grace(start_emulator, images):
-    grace = 2.0
+    grace = 4.0
     emu = start_emulator(settings={"shutdown_grace_s": grace})
     min_one = run_v2().RevisionScaling(min_instance_count=1)
     exits: dict[str, tuple[str, float]] = {}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import psutil
@@ -93,14 +95,47 @@ def test_a_restart_brings_back_services_revisions_traffic_and_instances(
     )
 
 
+def test_an_operation_pending_across_a_restart_still_finishes(start_emulator, reference_tarball):
+    from google.cloud import run_v2 as v2
+
+    emu = start_emulator()
+    ready_late = v2.Container(
+        image=f"file://{reference_tarball('slowstart')}",  # /ready answers 503 for 6 s
+        startup_probe=v2.Probe(
+            http_get=v2.HTTPGetAction(path="/ready"), period_seconds=1, failure_threshold=60
+        ),
+    )
+    op = emu.services().create_service(
+        parent=PARENT,
+        service_id="patient",
+        service=v2.Service(template=v2.RevisionTemplate(containers=[ready_late])),
+    )
+    assert not op.done()
+    assert emu.stop() == 0
+    assert release_pids(emu.state_dir) == []
+
+    emu.start()
+    services = emu.services()
+    pending = services.get_operation(request={"name": op.operation.name})
+    assert not pending.done, "the restart did not settle the operation by itself"
+    done = services.wait_operation(request={"name": op.operation.name, "timeout": {"seconds": 60}})
+    assert done.done and not done.HasField("error"), done
+    assert done.response.type_url == "type.googleapis.com/google.cloud.run.v2.Service"
+    svc = services.get_service(name=f"{PARENT}/services/patient")
+    assert svc.latest_ready_revision and get(svc.uri)[:2] == (
+        200,
+        svc.latest_ready_revision.rsplit("/", 1)[-1],
+    )
+
+
+def invoke(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(INVOKE), *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+
+
 def test_invoke_tasks_start_in_background_report_status_and_stop(tmp_path):
     state = str(tmp_path / "state")
-
-    def invoke(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(INVOKE), *args], cwd=REPO, capture_output=True, text=True, timeout=120
-        )
-
     started = invoke("emulator.start", "--background", "--port", "0", "--state-dir", state)
     assert started.returncode == 0, started.stderr
     assert "running in the background at http://127.0.0.1:" in started.stdout
@@ -120,6 +155,67 @@ def test_invoke_tasks_start_in_background_report_status_and_stop(tmp_path):
     assert stopped.returncode == 0 and "emulator: stopped" in stopped.stdout
     after = json.loads(invoke("emulator.status", "--state-dir", state, "--json").stdout)
     assert after["running"] is False
+
+
+def test_week5_starts_the_emulator_where_its_env_points_and_plain_tasks_find_it(
+    tmp_path, reference_tarball
+):
+    """With no flags the emulator keeps its state under the runs dir (PIPELINE_RUNS_DIR, set
+    per test by conftest) and takes its port from the env file; week 5 starts it in the
+    background when nothing answers at the env's endpoint, and `invoke emulator.status/stop`
+    with no flags find it there."""
+    from pipeline import config
+    from pipeline.phases.week5 import ensure_endpoint
+    from pipeline.runtime.process import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env_file = tmp_path / "local-cloud.toml"
+    env_file.write_text(
+        f'extends = "{config.resolve("cloudrun-local").resolve()}"\n'
+        f'[emulator]\nport = {port}\n[cloudrun]\nendpoint = "{url}"\n'
+    )
+    env = config.load_env(env_file)
+    state = tmp_path / "runs" / "emulator"
+    notes: list[str] = []
+    try:
+        assert ensure_endpoint(env, None, SimpleNamespace(note=notes.append)) == url
+        assert notes == [
+            f"started the local Cloud Run emulator at {url} (stop it with `invoke emulator.stop`)"
+        ]
+        code, _ = http_json(
+            url,
+            "POST",
+            f"/v2/{PARENT}/services?serviceId=kept",
+            {"template": {"containers": [{"image": f"file://{reference_tarball('none')}"}]}},
+        )
+        assert code == 200
+        status = invoke("emulator.status").stdout.splitlines()
+        assert re.fullmatch(
+            rf"emulator: running at {re.escape(url)} \(pid \d+\), 1 service\(s\), "
+            rf"[01] instance\(s\), state {re.escape(str(state))}",
+            status[0],
+        ), status
+        assert status[1:] == [f"  {PARENT}/services/kept"]
+        pid = json.loads(invoke("emulator.status", "--json").stdout)["pid"]
+        assert ensure_endpoint(env, None, SimpleNamespace(note=notes.append)) == url
+        assert len(notes) == 1, "an emulator that answers is used, not started again"
+        assert json.loads(invoke("emulator.status", "--json").stdout)["pid"] == pid
+    finally:
+        stopped = invoke("emulator.stop")
+    assert stopped.stdout.startswith(f"emulator: stopped (pid {pid}, {url})"), stopped.stdout
+    assert release_pids(state) == []
+    assert invoke("emulator.status").stdout.startswith(f"emulator: not running (state {state})")
+
+    restarted = invoke("emulator.start", "--env", str(env_file), "--background")
+    try:
+        assert restarted.returncode == 0, restarted.stderr
+        assert f"running in the background at {url} " in restarted.stdout
+        code, body = http_json(url, "GET", f"/v2/{PARENT}/services/kept")
+        assert code == 200 and body["name"] == f"{PARENT}/services/kept", "state kept"
+    finally:
+        invoke("emulator.stop")
+    assert release_pids(state) == []
 
 
 @pytest.mark.parametrize(
