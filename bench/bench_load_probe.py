@@ -29,7 +29,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,6 +51,7 @@ from pipeline.probes.load import (  # noqa: E402
     run_closed_loop,
     run_open_loop,
 )
+from pipeline.runtime.process import free_port  # noqa: E402
 
 CLOSED_RPS_RATIO = 0.5
 CLOSED_P50_RATIO = 1.5
@@ -108,12 +108,6 @@ send(S, Code, Body) ->
         <<" OK\r\ncontent-type: application/json\r\ncontent-length: ">>,
         integer_to_binary(byte_size(Body)), <<"\r\n\r\n">>, Body]).
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:

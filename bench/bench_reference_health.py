@@ -18,7 +18,6 @@ import http.client
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline import reference  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.runtime.process import free_port  # noqa: E402
 
 TARGET_RPS = 2000.0
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -38,12 +38,6 @@ _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 class NotReady(Exception):
     pass
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def to_ms(text: str) -> float:

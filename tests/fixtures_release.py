@@ -35,6 +35,7 @@ import pytest
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from pipeline import reference
+from pipeline.runtime.process import free_port
 
 NAME = reference.NAME
 START_TIMEOUT = 20.0
@@ -60,12 +61,6 @@ class Response:
     @property
     def text(self) -> str:
         return self.body.decode()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def poll(

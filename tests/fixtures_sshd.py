@@ -29,15 +29,10 @@ import psutil
 import pytest
 from conftest import require_tool
 
+from pipeline.runtime.process import free_port
 from pipeline.waiting import poll
 
 PRIVSEP_DIR = Path("/run/sshd")  # sshd refuses to start without its privilege separation dir
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def keygen(path: Path, comment: str) -> Path:
