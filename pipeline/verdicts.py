@@ -38,23 +38,36 @@ def judge_file(path: str | Path, spec: GateSpec, *, require_seal: bool = True) -
     return verdict
 
 
-def find_passing(gate: str, release_sha256: str) -> dict[str, Any] | None:
-    """The newest ledger entry passing `gate` for this release whose run still verifies."""
+def find_passing(
+    gate: str, release_sha256: str, spec: GateSpec | None = None
+) -> dict[str, Any] | None:
+    """The newest ledger entry passing `gate` for this release whose run still verifies and,
+    given `spec` (the thresholds of whoever relies on it), passes them too when judged again
+    from its receipts: a pass recorded under a laxer env file does not count."""
     ledger = receipts.ledger_path()
     if not ledger.exists():
         return None
     verification = receipts.verify(ledger, require_seal=False)
     if not verification.ok:
         return None
-    found = None
-    for entry in receipts.iter_records(ledger):
-        if (
-            entry.get("gate") == gate
-            and entry.get("passed") is True
-            and entry.get("release_sha256") == release_sha256
-        ):
-            found = entry
-    if found is None:
-        return None
-    run = receipts.verify(found["receipts"])
-    return found if run.ok and run.head == found.get("receipts_head") else None
+    candidates = [
+        entry
+        for entry in receipts.iter_records(ledger)
+        if entry.get("gate") == gate
+        and entry.get("passed") is True
+        and entry.get("release_sha256") == release_sha256
+    ]
+    for entry in reversed(candidates):
+        if spec is not None:
+            again = check(entry["receipts"], spec)
+            if (
+                again.passed
+                and again.verification
+                and again.verification.head == entry.get("receipts_head")
+            ):
+                return entry
+            continue
+        run = receipts.verify(entry["receipts"])
+        if run.ok and run.head == entry.get("receipts_head"):
+            return entry
+    return None

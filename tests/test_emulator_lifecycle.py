@@ -218,6 +218,27 @@ def test_week5_starts_the_emulator_where_its_env_points_and_plain_tasks_find_it(
     assert release_pids(state) == []
 
 
+def test_week5_starts_no_emulator_for_input_it_refuses(tmp_path, reference_tarball):
+    from pipeline import config
+    from pipeline.runtime.process import free_port
+
+    port = free_port()
+    env_file = tmp_path / "local-cloud.toml"
+    env_file.write_text(
+        f'extends = "{config.resolve("cloudrun-local").resolve()}"\n'
+        f'[emulator]\nport = {port}\n[cloudrun]\nendpoint = "http://127.0.0.1:{port}"\n'
+    )
+    missing = invoke(
+        "phase2.week5", "--tarball", str(tmp_path / "nope.tar.gz"), "--env", str(env_file)
+    )
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1, missing.stderr
+    ungated = invoke("phase2.week5", "--tarball", str(reference_tarball()), "--env", str(env_file))
+    assert ungated.returncode == 99 and "preflight: no passing Gate 2" in ungated.stderr
+    assert not (tmp_path / "runs" / "emulator").exists()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
 @pytest.mark.parametrize(
     "settings, status, google_status",
     [

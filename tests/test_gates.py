@@ -522,6 +522,31 @@ def test_judge_file_records_and_find_passing_reverifies(tmp_path: Path, week3) -
     assert verdicts.find_passing("week3", sha) is None
 
 
+def test_a_pass_recorded_under_laxer_thresholds_does_not_count_for_a_stricter_reader(
+    tmp_path: Path, week3
+) -> None:
+    """gate.check under a lenient env records a pass; week 5's preflight judges the run again
+    with the deploying env's own thresholds and refuses it."""
+    from pipeline.errors import GateFailed
+    from pipeline.phases import week5
+
+    sha = "ab" * 32
+    slow = write_run(tmp_path / "slow.jsonl", startup=6.2)  # Gate 2 wants startup < 5 s
+    lenient = gates.parse_gate("week3", {"errors": ["count < 1000"]}, "lenient.toml")
+    assert verdicts.judge_file(slow, lenient).passed
+    assert verdicts.find_passing("week3", sha)["receipts"] == str(slow.resolve())
+    assert verdicts.find_passing("week3", sha, lenient) is not None
+    assert verdicts.find_passing("week3", sha, week3) is None
+    with pytest.raises(GateFailed, match=r"no passing Gate 2 \(week3\) and Gate 3"):
+        week5.preflight(sha, config.load_env("cloudrun-local"))
+
+    # an older run that passes the strict thresholds is still found behind the newer lax pass
+    good = write_run(tmp_path / "good.jsonl")
+    assert verdicts.judge_file(good, week3).passed
+    assert verdicts.judge_file(slow, lenient).passed
+    assert verdicts.find_passing("week3", sha, week3)["receipts"] == str(good.resolve())
+
+
 def test_collector_sees_the_same_with_projected_and_whole_records(tmp_path: Path) -> None:
     """The C fast path hands collectors only the fields they declare: every metric must come out
     as it does from whole records (the reference path, without the C module)."""

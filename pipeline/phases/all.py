@@ -67,7 +67,8 @@ def run_all(
             continue
         if index:
             previous = ORDER[index - 1]
-            if verdicts.find_passing(previous, info.sha256) is None:
+            rules = envs[previous].gate_spec(envs[previous].phase(previous).gate or previous)
+            if verdicts.find_passing(previous, info.sha256, rules) is None:
                 stopped = f"no passing {GATE_NAMES[previous]} for this release"
                 outcomes.append(WeekOutcome(week, GATE_NAMES[week], None, f"refused: {stopped}"))
                 continue

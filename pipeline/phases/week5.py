@@ -86,17 +86,22 @@ def image_for(env: Env, info: releases.ReleaseInfo) -> str:
         raise PipelineError(f"{env.path}: key cloudrun.image: unknown placeholder {exc}") from None
 
 
-def preflight(sha256: str) -> dict[str, Any]:
+def preflight(sha256: str, env: Env) -> dict[str, Any]:
     """The automated gate check before a deploy: a passing Gate 2 and Gate 3 for this release,
-    from runs that still verify. There is no way around it."""
-    found = {gate: verdicts.find_passing(gate, sha256) for gate in ("week3", "week4")}
+    from runs that still verify and that pass this env's own `[gates.week3]` and
+    `[gates.week4]` when judged again from their receipts. There is no way around it."""
+    found = {
+        gate: verdicts.find_passing(gate, sha256, env.gate_spec(gate))
+        for gate in ("week3", "week4")
+    }
     missing = [
         f"Gate {2 if g == 'week3' else 3} ({g})" for g, entry in found.items() if entry is None
     ]
     if missing:
         raise GateFailed(
             f"preflight: no passing {' and '.join(missing)} in the ledger {receipt_log.ledger_path()} "
-            f"for release sha256 {sha256[:12]}… — run phase2.week3 and phase2.week4 on this tarball first"
+            f"for release sha256 {sha256[:12]}… under the thresholds of {env.path} (a recorded "
+            "pass is judged again with them) — run phase2.week3 and phase2.week4 on this tarball first"
         )
     return {
         gate: {"run": e["judged_run"], "receipts": e["receipts"]} for gate, e in found.items() if e
@@ -503,9 +508,13 @@ def run_week5(
     sleep: Callable[[float], None] = time.sleep,
 ) -> PhaseResult:
     info = releases.inspect(Path(tarball))
-    preflight_facts = preflight(info.sha256)  # exit 99 naming the missing gate: no skipping it
+    preflight_facts = preflight(info.sha256, env)  # exit 99 naming the missing gate: no skipping it
     spec = env.gate_spec(env.phase("week5").gate or "week5")
-    where = endpoint_for(env, endpoint)
+    # the real client against a local endpoint: start the emulator if nothing answers there, only
+    # now that the input is known good
+    where = (
+        ensure_endpoint(env, endpoint, view) if api_factory is None else endpoint_for(env, endpoint)
+    )
     api = (api_factory or (lambda e, url: RunV2(e.cloudrun, endpoint=url)))(env, where)
     backend = (backend_factory or default_backend)(env, where)
     run = PhaseRun("week5", env, receipts_path=receipts, view=view)
@@ -677,7 +686,7 @@ def deploy_only(
     state is saved, so `cloudrun.resume` carries on with the canary steps."""
     settings = env.cloudrun
     info = releases.inspect(Path(tarball))
-    preflight_facts = preflight(info.sha256)
+    preflight_facts = preflight(info.sha256, env)
     api = RunV2(settings, endpoint=endpoint)
     run = PhaseRun("week5", env, receipts_path=receipts, view=view)
     run.begin(

@@ -33,21 +33,17 @@ def all_weeks(
         from pipeline import config, report
         from pipeline.errors import GateFailed
         from pipeline.phases.all import DEFAULT_ENVS, run_all
-        from pipeline.phases.week5 import ensure_endpoint
 
         chosen = {"week2": week2_env, "week3": week3_env, "week4": week4_env, "week5": week5_env}
         envs = {week: config.load_env(chosen[week] or DEFAULT_ENVS[week]) for week in DEFAULT_ENVS}
         console = human_console(False)
-        options: dict = {"week5": {"endpoint": None}}
+        options: dict = {"week5": {"endpoint": endpoint}}
         if duration:
             options["week2"] = {"duration": float(duration)}
             options["week3"] = {"duration": float(duration)}
 
         def view_for(week, env):
-            view = report.PhaseView(console, f"{week} · env {env.name}")
-            if week == "week5":
-                options["week5"]["endpoint"] = ensure_endpoint(env, endpoint, view)
-            return view
+            return report.PhaseView(console, f"{week} · env {env.name}")
 
         outcomes = run_all(tarball, envs, view_for=view_for, options=options)
         console.print(report.gates_table(outcomes))

@@ -19,15 +19,14 @@ def week5(c, tarball, env="cloudrun-local", endpoint=None, receipts=None, json=F
     """Week 5: preflight (Gate 2 + 3), deploy tagged, smoke, canary steps, scale, drain, Gate 4."""
     with exit_codes():
         from pipeline import config
-        from pipeline.phases.week5 import ensure_endpoint, run_week5
+        from pipeline.phases.week5 import run_week5
 
         environment = config.load_env(env)
         console, view = phase_view(json, f"week 5 · Cloud Run rollout · env {environment.name}")
-        where = ensure_endpoint(environment, endpoint, view)
         result = run_week5(
             tarball,
             environment,
-            endpoint=where,
+            endpoint=endpoint,
             receipts=receipts,
             view=view,
             on_record=json_echo(json),
