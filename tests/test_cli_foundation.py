@@ -202,6 +202,47 @@ def test_gate_check_json_prints_one_object_on_stdout(tmp_path: Path) -> None:
     assert passing.returncode == 0 and json.loads(passing.stdout)["passed"] is True
 
 
+URL = "http://127.0.0.1:9"
+BAD_NUMBERS = [
+    ("week3 negative rate", ["phase2.week3", "--tarball", "x", "--rate", "-5"], "--rate"),
+    ("week3 nan duration", ["phase2.week3", "--tarball", "x", "--duration", "nan"], "--duration"),
+    ("week3 port too big", ["phase2.week3", "--tarball", "x", "--port", "99999"], "--port"),
+    ("week2 zero duration", ["phase2.week2", "--tarball", "x", "--duration", "0"], "--duration"),
+    (
+        "week4 concurrency",
+        ["phase2.week4", "--tarball", "x", "--concurrency", "-3"],
+        "--concurrency",
+    ),
+    ("all duration", ["phase2.all", "--tarball", "x", "--duration", "soon"], "--duration"),
+    ("load rate text", ["load", "--url", URL, "--rate", "abc"], "--rate"),
+    ("load connections", ["load", "--url", URL, "--closed", "--connections", "0"], "--connections"),
+    ("monitor pid", ["monitor", "--pid", "abc"], "--pid"),
+    ("monitor seconds", ["monitor", "--pid", "1", "--seconds", "-1"], "--seconds"),
+    ("scale max", ["cloudrun.scale", "--max-instances", "0"], "--max-instances"),
+    ("drain timeout", ["cloudrun.drain", "r", "--timeout", "x"], "--timeout"),
+    ("release.start port", ["release.start", "--tarball", "x", "--port", "-1"], "--port"),
+    ("release.stop grace", ["release.stop", "--grace", "-1"], "--grace"),
+    ("pilot operations", ["pilot.generate", "acme", "--operations", "0"], "--operations"),
+    ("emulator port", ["emulator.start", "--port", "abc"], "--port"),
+    ("emulator timeout", ["emulator.stop", "--timeout", "never"], "--timeout"),
+]
+
+
+@pytest.mark.parametrize(
+    "argv, flag", [b[1:] for b in BAD_NUMBERS], ids=[b[0] for b in BAD_NUMBERS]
+)
+def test_a_bad_number_is_one_line_naming_the_flag(argv: list[str], flag: str) -> None:
+    line = assert_bad_input(invoke(*argv))
+    assert line.startswith(f"error: {flag}: expected "), line
+    assert not (runs_dir() / "gates.jsonl").exists()
+
+
+def test_receipts_show_refuses_a_bad_limit(tmp_path: Path) -> None:
+    path = write_run(tmp_path / "r.jsonl")
+    line = assert_bad_input(invoke("receipts.show", str(path), "--limit", "-1"))
+    assert line.startswith("error: --limit: expected an integer >= 1")
+
+
 def test_gate_check_appends_to_a_ledger_that_verifies(tmp_path: Path) -> None:
     good = write_run(tmp_path / "good.jsonl")
     bad = write_run(tmp_path / "bad.jsonl", latencies=FAILING)

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from pipeline import config, receipts
@@ -195,6 +196,32 @@ def test_existing_receipts_file_is_refused_and_kept(reference_tarball, tmp_path)
     with pytest.raises(PipelineError, match="already exists"):
         run_week3(reference_tarball(), config.load_env("local"), duration=2, receipts=out)
     assert out.read_text() == "precious\n"
+
+
+def test_a_crash_mid_phase_fails_the_stage_and_the_gate_and_seals_the_run(
+    reference_tarball, tmp_path, monkeypatch
+):
+    """A bug half-way (here the smoke probe raising) is still a judged, sealed, failing run, and
+    the release is stopped (conftest checks that nothing is left running)."""
+    from pipeline.probes import smoke
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("probe exploded")
+
+    monkeypatch.setattr(smoke, "run_smoke", broken)
+    out = tmp_path / "r.jsonl"
+    with pytest.raises(RuntimeError, match="probe exploded"):
+        run_week3(reference_tarball(), config.load_env("local"), duration=2, receipts=out)
+    records = list(receipts.iter_records(out))
+    ends = {r["stage"]: r for r in records if r["kind"] == "stage" and r.get("event") == "end"}
+    why = "crashed: RuntimeError: probe exploded"
+    assert ends["smoke"]["passed"] is False and ends["smoke"]["reason"] == why
+    [startup] = [r for r in records if r["kind"] == "startup"]
+    assert not psutil.pid_exists(startup["pid"]), "the release was stopped"
+    assert [r["reason"] for r in records if r["kind"] == "error"] == [why]
+    assert records[-2]["kind"] == "gate" and records[-2]["passed"] is False
+    assert records[-2]["reason"] == why
+    assert records[-1]["kind"] == "seal" and receipts.verify(out).ok
 
 
 def test_ctrl_c_stops_the_release_and_writes_a_failing_gate(reference_tarball, tmp_path):

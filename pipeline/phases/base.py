@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from pipeline import __version__, receipts
 from pipeline.config import Env
+from pipeline.errors import PipelineError
 from pipeline.gates import GateSpec, Verdict, check, evaluate
 from pipeline.verdicts import ledger_entry
 
@@ -110,6 +111,7 @@ class PhaseRun:
         self.failed_stages: list[str] = []
         self.facts: dict[str, Any] = {}
         self.interrupted = False
+        self.crashed: str | None = None  # a bug stopped the phase: the verdict fails, saying so
         self.release: dict[str, Any] = {}
 
     @property
@@ -150,6 +152,10 @@ class PhaseRun:
             stage.fail("interrupted")
             self.error(name, "interrupted (Ctrl-C)")
             raise
+        except Exception as exc:
+            self.crash(exc, name)
+            stage.fail(self.crashed or "crashed")
+            raise
         finally:
             seconds = round(time.monotonic() - began, 4)
             if not stage.passed:
@@ -172,10 +178,20 @@ class PhaseRun:
     def error(self, stage: str | None, reason: str, **fields: Any) -> None:
         self.write("error", stage, reason=reason, **fields)
 
+    def crash(self, exc: BaseException, stage: str | None = None) -> None:
+        """Something stopped the phase half-way, bad input found late or a bug: say so once, in
+        an error receipt; the verdict will fail with it."""
+        if self.crashed is None:
+            kind = "stopped" if isinstance(exc, PipelineError) else f"crashed: {type(exc).__name__}"
+            self.crashed = f"{kind}: {exc}"
+            self.error(stage, self.crashed)
+
     def finish(self, spec: GateSpec) -> PhaseResult:
         """Judge the gate over this run's receipts, record the verdict, seal the file."""
         if self.interrupted:
             verdict = evaluate(spec, {}, reason="interrupted")
+        elif self.crashed:
+            verdict = evaluate(spec, {}, reason=self.crashed)
         else:
             verdict = check(self.path, spec, require_seal=False)
         self.write("gate", "gate", **verdict.as_fields())

@@ -329,6 +329,11 @@ def run_phase_frame(
             run.interrupted = True
             played.cleanup()
             run.error(None, f"interrupted (Ctrl-C): {played.on_interrupt}")
+        except Exception as exc:  # a bug: judged (failing) and sealed, then exit 1
+            run.crash(exc)
+            played.cleanup()
+            run.finish(spec)
+            raise
         result = run.finish(spec)
         if live.bad_input is not None:
             raise live.bad_input

@@ -548,6 +548,10 @@ def finish_rollout(rollout: Rollout, spec: GateSpec) -> PhaseResult:
         drive(rollout)
     except KeyboardInterrupt:
         run.interrupted = True
+    except Exception as exc:  # a bug: judged (failing) and sealed, then exit 1
+        run.crash(exc)
+        run.finish(spec)
+        raise
     state = rollout.state
     run.facts.update(
         phase=state.phase,

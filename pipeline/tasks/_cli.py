@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
+from typing import Any
 
 from invoke.exceptions import Exit
 from rich.console import Console
@@ -22,6 +24,45 @@ def exit_codes() -> Iterator[None]:
         raise Exit(f"gate failed: {exc}", code=GateFailed.exit_code) from None
     except KeyboardInterrupt:
         raise Exit("interrupted", code=130) from None
+
+
+def number(
+    flag: str,
+    value: object,
+    default: float | None = None,
+    *,
+    above: float | None = None,
+    at_least: float | None = None,
+    at_most: float | None = None,
+    integer: bool = False,
+) -> Any:
+    """A numeric flag's value (`default` when not given), or one line naming the flag: exit 2.
+
+    Numeric flags are declared without typed defaults so that invoke hands over the text and a
+    typo is this error, not invoke's traceback."""
+    if value is None or value == "":
+        return default
+    text = str(value).strip()
+    try:
+        parsed = int(text) if integer else float(text)
+    except ValueError:
+        parsed = None
+    bounds = [
+        (above, lambda x, b: x > b, ">"),
+        (at_least, lambda x, b: x >= b, ">="),
+        (at_most, lambda x, b: x <= b, "<="),
+    ]
+    wanted = " and ".join(f"{op} {b:g}" for b, _ok, op in bounds if b is not None)
+    kind = "an integer" if integer else "a number"
+    if (
+        parsed is None
+        or not math.isfinite(parsed)
+        or not all(ok(parsed, b) for b, ok, _op in bounds if b is not None)
+    ):
+        raise PipelineError(
+            f"{flag}: expected {kind}{' ' + wanted if wanted else ''}, got {text!r}"
+        )
+    return parsed
 
 
 def human_console(json_mode: bool) -> Console:

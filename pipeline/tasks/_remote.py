@@ -55,8 +55,9 @@ def run_live_task(
     """What the tasks of weeks 2–4 share: load the env, choose here or --host, show the live
     view, run the phase. Returns (result, console) for the task to finish."""
     from pipeline import config
-    from pipeline.tasks._cli import json_echo, phase_view
+    from pipeline.tasks._cli import json_echo, number, phase_view
 
+    port = number("--port", port, integer=True, at_least=0, at_most=65535)
     environment = config.load_env(env)
     factory = remote_runtime(host, tarball, identity, known_hosts, accept_new_host_key)
     where = f" · on {host}" if host else ""
@@ -64,7 +65,7 @@ def run_live_task(
     result = runner(
         tarball,
         environment,
-        port=int(port) if port is not None else None,
+        port=port,
         receipts=receipts,
         view=view,
         on_record=json_echo(json),

@@ -2,7 +2,7 @@
 
 from invoke import Collection, task
 
-from pipeline.tasks._cli import exit_codes, finish_phase, human_console, phase_view
+from pipeline.tasks._cli import exit_codes, finish_phase, human_console, number, phase_view
 
 ENV_HELP = "env name or path (default cloudrun-local: the emulator; cloudrun-prod: Google)"
 ENDPOINT_HELP = "Cloud Run API endpoint, overriding the env file (or PIPELINE_CLOUDRUN_ENDPOINT)"
@@ -121,9 +121,13 @@ def scale(
         applied = ops.scale(
             environment,
             where,
-            int(min_instances) if min_instances is not None else settings.min_instances,
-            int(max_instances) if max_instances is not None else settings.max_instances,
-            int(concurrency) if concurrency is not None else settings.concurrency,
+            number(
+                "--min-instances", min_instances, settings.min_instances, integer=True, at_least=0
+            ),
+            number(
+                "--max-instances", max_instances, settings.max_instances, integer=True, at_least=1
+            ),
+            number("--concurrency", concurrency, settings.concurrency, integer=True, at_least=1),
         )
         human_console(False).print(f"applied: {applied}", highlight=False)
 
@@ -136,14 +140,17 @@ def scale(
         "endpoint": ENDPOINT_HELP,
     }
 )
-def drain(c, revision, timeout=60.0, env="cloudrun-local", endpoint=None):
+def drain(c, revision, timeout=None, env="cloudrun-local", endpoint=None):
     """Wait until a revision at 0 % has no request in flight, then remove its tag."""
     with exit_codes():
         from pipeline.cloudrun import ops
 
         environment, where, backend = _where(env, endpoint)
         human_console(False).print(
-            ops.drain(environment, where, revision, backend, float(timeout)), highlight=False
+            ops.drain(
+                environment, where, revision, backend, number("--timeout", timeout, 60.0, above=0)
+            ),
+            highlight=False,
         )
 
 

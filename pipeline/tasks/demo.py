@@ -2,7 +2,7 @@
 
 from invoke import Collection, task
 
-from pipeline.tasks._cli import exit_codes
+from pipeline.tasks._cli import exit_codes, number
 
 
 @task(
@@ -34,7 +34,7 @@ def build(c, version="1.0.0", fault="none", layout="rebar3", out="build"):
     },
     default=True,
 )
-def run(c, duration=5.0, out="build"):
+def run(c, duration=None, out="build"):
     """The main job on the embedded default: build the reference release, then phase2.all on it
     (gVisor for week 2, the local Cloud Run emulator for week 5)."""
     with exit_codes():
@@ -43,6 +43,7 @@ def run(c, duration=5.0, out="build"):
         from pipeline import reference
         from pipeline.tasks.phase2.all import all_weeks
 
+        duration = number("--duration", duration, 5.0, above=0)
         tarball = reference.build(Path(out))
         print(f"reference release: {tarball}")
         all_weeks(c, str(tarball), duration=duration)  # without runsc, week 2 exits 2 naming it

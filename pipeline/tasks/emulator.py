@@ -40,9 +40,12 @@ def _run(*args):
 def start(c, port=None, env="cloudrun-local", background=False, state_dir=None):
     """Serve the Cloud Run Admin API v2 on 127.0.0.1 until Ctrl-C (or, with --background, until
     `invoke emulator.stop`); services, revisions and traffic come back after a restart."""
+    from pipeline.tasks._cli import exit_codes, number
+
     args = ["start", "--env", env]
     if port is not None:
-        args += ["--port", str(port)]
+        with exit_codes():
+            args += ["--port", str(number("--port", port, integer=True, at_least=0, at_most=65535))]
     if state_dir:
         args += ["--state-dir", state_dir]
     if background:
@@ -57,9 +60,12 @@ def start(c, port=None, env="cloudrun-local", background=False, state_dir=None):
         "json": "print one JSON object for scripts",
     }
 )
-def stop(c, state_dir=None, timeout=60.0, json=False):
+def stop(c, state_dir=None, timeout=None, json=False):
     """Stop the running emulator and every instance it started."""
-    args = ["stop", "--timeout", str(timeout)]
+    from pipeline.tasks._cli import exit_codes, number
+
+    with exit_codes():
+        args = ["stop", "--timeout", str(number("--timeout", timeout, 60.0, above=0))]
     if state_dir:
         args += ["--state-dir", state_dir]
     if json:

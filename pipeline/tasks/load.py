@@ -2,7 +2,7 @@
 
 from invoke import Collection, task
 
-from pipeline.tasks._cli import exit_codes, human_console, json_echo, phase_view
+from pipeline.tasks._cli import exit_codes, human_console, json_echo, number, phase_view
 
 
 @task(
@@ -21,10 +21,10 @@ from pipeline.tasks._cli import exit_codes, human_console, json_echo, phase_view
 def run(
     c,
     url,
-    rate=10.0,
-    duration=15.0,
+    rate=None,
+    duration=None,
     closed=False,
-    connections=16,
+    connections=None,
     env="local",
     receipts=None,
     json=False,
@@ -34,14 +34,18 @@ def run(
         from pipeline import config
         from pipeline.phases import standalone
 
+        rate = number("--rate", rate, 10.0, above=0)
+        duration = number("--duration", duration, 15.0, above=0)
+        connections = number("--connections", connections, 16, integer=True, at_least=1)
+        environment = config.load_env(env)
         console, view = phase_view(json, f"load · {url}")
         summary, path = standalone.load(
             url,
-            config.load_env(env),
-            rate=float(rate),
-            duration=float(duration),
+            environment,
+            rate=rate,
+            duration=duration,
             closed=closed,
-            connections=int(connections),
+            connections=connections,
             receipts=receipts,
             view=view,
             on_record=json_echo(json),

@@ -2,7 +2,7 @@
 
 from invoke import Collection, task
 
-from pipeline.tasks._cli import exit_codes, human_console, json_echo, phase_view
+from pipeline.tasks._cli import exit_codes, human_console, json_echo, number, phase_view
 
 
 @task(
@@ -15,17 +15,20 @@ from pipeline.tasks._cli import exit_codes, human_console, json_echo, phase_view
     },
     default=True,
 )
-def run(c, pid, seconds=10.0, env="local", receipts=None, json=False):
+def run(c, pid, seconds=None, env="local", receipts=None, json=False):
     """A metrics receipt every interval (rss_mb, cpu_percent, band); prints the peak."""
     with exit_codes():
         from pipeline import config
         from pipeline.phases import standalone
 
+        pid = number("--pid", pid, integer=True, above=0)
+        seconds = number("--seconds", seconds, 10.0, above=0)
+        environment = config.load_env(env)
         console, view = phase_view(json, f"monitor · pid {pid}")
         peak, samples, path = standalone.monitor(
-            int(pid),
-            config.load_env(env),
-            seconds=float(seconds),
+            pid,
+            environment,
+            seconds=seconds,
             receipts=receipts,
             view=view,
             on_record=json_echo(json),

@@ -2,7 +2,7 @@
 
 from invoke import Collection, task
 
-from pipeline.tasks._cli import exit_codes, human_console
+from pipeline.tasks._cli import exit_codes, human_console, number
 
 
 @task(
@@ -17,16 +17,18 @@ from pipeline.tasks._cli import exit_codes, human_console
     },
     aliases=("gen",),
 )
-def generate(c, tenant, operations=200, seed=1, name=None, price="0.25", currency="USD", out=None):
+def generate(
+    c, tenant, operations=None, seed=None, name=None, price="0.25", currency="USD", out=None
+):
     """Write a larger pilot scenario whose expectations follow the reference state machine."""
     with exit_codes():
         from pathlib import Path
 
         from pipeline import pilots
 
-        text = pilots.generate(
-            tenant, int(operations), int(seed), name=name, price=price, currency=currency
-        )
+        operations = number("--operations", operations, 200, integer=True, at_least=1)
+        seed = number("--seed", seed, 1, integer=True)
+        text = pilots.generate(tenant, operations, seed, name=name, price=price, currency=currency)
         if out == "-":
             print(text, end="")
             return

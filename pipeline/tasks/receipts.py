@@ -4,7 +4,7 @@ import sys
 
 from invoke import Collection, task
 
-from pipeline.tasks._cli import exit_codes, human_console
+from pipeline.tasks._cli import exit_codes, human_console, number
 
 
 @task(
@@ -60,7 +60,7 @@ def show(c, file, kind=None, limit=None, json=False):
         if kind:
             records = (r for r in records if r.get("kind") == kind)
         if limit:
-            records = islice(records, int(limit))
+            records = islice(records, number("--limit", limit, integer=True, at_least=1))
         if json:
             for record in records:
                 sys.stdout.buffer.write(orjson.dumps(record) + b"\n")

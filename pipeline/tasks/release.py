@@ -5,7 +5,7 @@ Each writes its result as a sealed receipts file of its own, like the phases (`-
 
 from invoke import Collection, task
 
-from pipeline.tasks._cli import exit_codes, human_console, json_echo
+from pipeline.tasks._cli import exit_codes, human_console, json_echo, number
 
 RECEIPTS_HELP = "where to write the receipts (default runs/<run-id>/receipts.jsonl)"
 JSON_HELP = "print the receipts as JSON lines on stdout; the human view goes to stderr"
@@ -95,7 +95,7 @@ def start(c, tarball, env="local", port=None, receipts=None, json=False):
         from pipeline import config
         from pipeline.phases import standalone
 
-        chosen = int(port) if port is not None else None
+        chosen = number("--port", port, integer=True, at_least=0, at_most=65535)
         state = standalone.start_background(Path(tarball), config.load_env(env), port=chosen)
         facts = {k: state[k] for k in ("url", "pid", "log")} | {"seconds": state["ready_s"]}
         _record("startup", "start", facts, env, receipts, json)
@@ -114,12 +114,12 @@ def start(c, tarball, env="local", port=None, receipts=None, json=False):
     },
     aliases=("down",),
 )
-def stop(c, grace=10.0, env="local", receipts=None, json=False):
+def stop(c, grace=None, env="local", receipts=None, json=False):
     """Stop the release `release.start` started: SIGTERM, SIGKILL after the grace; remove its files."""
     with exit_codes():
         from pipeline.phases import standalone
 
-        state = standalone.stop_background(float(grace))
+        state = standalone.stop_background(number("--grace", grace, 10.0, at_least=0))
         facts = {"pid": state["pid"], "stopped": state["stopped"], "url": state["url"]}
         _record("shutdown", "stop", facts, env, receipts, json)
         human_console(json).print(f"pid {state['pid']} {state['stopped']}", highlight=False)

@@ -2,7 +2,7 @@
 
 from invoke import task
 
-from pipeline.tasks._cli import exit_codes, human_console
+from pipeline.tasks._cli import exit_codes, human_console, number
 
 
 @task(
@@ -38,9 +38,10 @@ def all_weeks(
         envs = {week: config.load_env(chosen[week] or DEFAULT_ENVS[week]) for week in DEFAULT_ENVS}
         console = human_console(False)
         options: dict = {"week5": {"endpoint": endpoint}}
-        if duration:
-            options["week2"] = {"duration": float(duration)}
-            options["week3"] = {"duration": float(duration)}
+        window = number("--duration", duration, above=0)
+        if window is not None:
+            options["week2"] = {"duration": window}
+            options["week3"] = {"duration": window}
 
         def view_for(week, env):
             return report.PhaseView(console, f"{week} · env {env.name}")

@@ -2,7 +2,7 @@
 
 from invoke import task
 
-from pipeline.tasks._cli import PHASE_HELP, exit_codes, finish_phase
+from pipeline.tasks._cli import PHASE_HELP, exit_codes, finish_phase, number
 from pipeline.tasks._remote import REMOTE_HELP, run_live_task
 
 
@@ -47,8 +47,8 @@ def week2(
             identity=identity,
             known_hosts=known_hosts,
             accept_new_host_key=accept_new_host_key,
-            rate=float(rate) if rate else None,
-            duration=float(duration) if duration else None,
+            rate=number("--rate", rate, above=0),
+            duration=number("--duration", duration, above=0),
         )
         try:
             finish_phase(result, console)

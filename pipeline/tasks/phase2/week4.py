@@ -2,7 +2,7 @@
 
 from invoke import task
 
-from pipeline.tasks._cli import PHASE_HELP, exit_codes, finish_phase
+from pipeline.tasks._cli import PHASE_HELP, exit_codes, finish_phase, number
 from pipeline.tasks._remote import REMOTE_HELP, run_live_task
 
 
@@ -46,7 +46,7 @@ def week4(
             known_hosts=known_hosts,
             accept_new_host_key=accept_new_host_key,
             scenario=scenario or DEFAULT_SCENARIO,
-            concurrency=int(concurrency) if concurrency else None,
+            concurrency=number("--concurrency", concurrency, integer=True, at_least=1),
         )
         finish_phase(result, console)
 
