@@ -72,6 +72,42 @@ def test_start_smoke_load_monitor_stop(reference_tarball, tmp_path):
     assert "receipts:" in stopped.stdout
 
 
+def test_ctrl_c_while_release_start_waits_leaves_nothing_running(reference_tarball):
+    import signal
+
+    from pipeline.waiting import poll
+
+    proc = subprocess.Popen(
+        [INVOKE, "release.start", "--tarball", str(reference_tarball("slowstart")), "--port", "0"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own group: the terminal we press Ctrl-C in
+    )
+    try:
+        # /ready answers 503 for 6 s: the task is still waiting when its release is up and
+        # listening (so it runs on its own, its files loaded)
+        def listening_release() -> int | None:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                if child.name() == "beam.smp" and any(
+                    c.status == psutil.CONN_LISTEN for c in child.net_connections("tcp")
+                ):
+                    return child.pid
+            return None
+
+        pid = poll(listening_release, timeout=30, what="the release started by release.start")
+        os.killpg(proc.pid, signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert invoke("release.stop").returncode == 2, "nothing was left registered either"
+
+
 def test_stop_without_a_release_is_bad_input():
     done = invoke("release.stop")
     assert done.returncode == 2 and done.stderr.startswith("error: no background release")

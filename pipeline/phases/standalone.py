@@ -250,9 +250,11 @@ def start_background(tarball: Path, env: Env, *, port: int | None = None) -> dic
                 ready_path=env.start.ready_path,
                 fallback_path=env.start.fallback_ready_path,
             )
-        except NotReady as exc:
+        except BaseException as exc:  # not ready, or Ctrl-C while waiting: nothing stays behind
             _kill(proc.pid)
             proc.wait()
+            if not isinstance(exc, NotReady):
+                raise
             tail = log.read_text(errors="replace").splitlines()[-20:]
             raise PipelineError(
                 f"{tarball}: release not ready: {exc}; last output: {' | '.join(tail)}"
