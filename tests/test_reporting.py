@@ -410,16 +410,29 @@ def test_invoke_report_writes_where_asked_and_prints_the_paths(runs, tmp_path):
         (("--receipts", "{tmp}/nothing.jsonl"), "{tmp}/nothing.jsonl: no such receipts file"),
         (("--receipts", "{tmp}"), "{tmp}: not a receipts file"),
         (("--receipts", "{good}", "--env", "nope"), "nope.toml: no such env file"),
+        (("--receipts", "{good}", "--html", "{good}"), "--html would overwrite receipts"),
+        (("--receipts", "{good}", "--junit", "{tmp}/other.jsonl"), "--junit would overwrite"),
+        (("--receipts", "{good}", "--html", "{tmp}/r", "--junit", "{tmp}/r"), "name the same file"),
     ],
-    ids=["no-receipts-flag", "missing-file", "a-directory", "unknown-env"],
+    ids=[
+        "no-receipts-flag",
+        "missing-file",
+        "a-directory",
+        "unknown-env",
+        "html-over-the-receipts",
+        "junit-over-some-receipts",
+        "html-and-junit-one-file",
+    ],
 )
 def test_invoke_report_bad_input_exits_2(runs, tmp_path, args, message):
     good = str(runs["pass"].receipts)
+    before = runs["pass"].receipts.read_bytes()
     argv = [a.format(tmp=tmp_path, good=good) for a in args]
     done = invoke("report", *argv)
     assert done.returncode == 2, (done.stdout, done.stderr)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message.format(tmp=tmp_path) in lines[0]
+    assert runs["pass"].receipts.read_bytes() == before
 
 
 def test_tampered_receipts_report_says_so(runs, tmp_path, local_env):

@@ -85,6 +85,13 @@ def write_reports(
     default_html, default_junit = report_paths(path)
     html_out = Path(html_path) if html_path else default_html
     junit_out = Path(junit_path) if junit_path else default_junit
+    for flag, out in (("--html", html_out), ("--junit", junit_out)):
+        if out.resolve() == path.resolve() or out.suffix == ".jsonl":
+            raise PipelineError(
+                f"{out}: {flag} would overwrite receipts; a report never replaces evidence"
+            )
+    if html_out.resolve() == junit_out.resolve():
+        raise PipelineError(f"{html_out}: --html and --junit name the same file")
     _write(html_out, page.render(report, environment, env_note=note))
     _write(junit_out, junit.render(report))
     return html_out, junit_out
