@@ -268,12 +268,38 @@ def _line_blocks(
 
 
 def iter_records(path: Path) -> Iterator[dict[str, Any]]:
-    """Records without verification (for display); raises PipelineError on a line that is not JSON."""
+    """Records without verification (for display); raises PipelineError on a line that is not
+    a JSON object."""
     for number, line in enumerate(iter_lines(path), 1):
         try:
-            yield orjson.loads(line)
+            record = orjson.loads(line)
         except orjson.JSONDecodeError:
             raise PipelineError(f"{path}: line {number}: not JSON") from None
+        if not isinstance(record, dict):
+            raise PipelineError(f"{path}: line {number}: not a JSON object (a receipt is one)")
+        yield record
+
+
+def select(path: Path, kind: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    """The records of one kind (all without `kind`), at most `limit`; a kind the file does not
+    hold is an error naming the kinds it does (a typo shows at once)."""
+    if not path.is_file():
+        raise PipelineError(
+            f"{path}: no such receipts file" + (" (a directory)" if path.is_dir() else "")
+        )
+    chosen: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for record in iter_records(path):
+        seen.add(str(record.get("kind")))
+        if kind is None or record.get("kind") == kind:
+            chosen.append(record)
+            if limit is not None and len(chosen) >= limit:
+                break
+    if kind is not None and not chosen:
+        raise PipelineError(
+            f"{path}: no receipt of kind {kind!r} (kinds in it: {', '.join(sorted(seen)) or 'none'})"
+        )
+    return chosen
 
 
 class Collector(Protocol):

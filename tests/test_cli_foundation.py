@@ -237,6 +237,23 @@ def test_a_bad_number_is_one_line_naming_the_flag(argv: list[str], flag: str) ->
     assert not (runs_dir() / "gates.jsonl").exists()
 
 
+@pytest.mark.parametrize("task", ["smoke", "load"])
+@pytest.mark.parametrize("url", ["not-a-url", "ftp://x:21", "http://127.0.0.1:99999"])
+def test_a_url_that_names_no_release_is_bad_input(task: str, url: str) -> None:
+    line = assert_bad_input(invoke(task, "--url", url))
+    assert line == f"error: --url: expected http://HOST:PORT of a running release, got {url!r}"
+    assert not any(runs_dir().glob("*/receipts.jsonl")), "bad input writes no receipts"
+
+
+@pytest.mark.parametrize("argv", [["cloudrun.status"], ["cloudrun.scale", "--min-instances", "1"]])
+def test_cloudrun_by_hand_with_nothing_at_a_local_endpoint_says_so_at_once(argv) -> None:
+    from pipeline.runtime.process import free_port
+
+    where = f"http://127.0.0.1:{free_port()}"
+    line = assert_bad_input(invoke(*argv, "--endpoint", where, timeout=20))
+    assert line.startswith(f"error: nothing answers at {where}: start the emulator")
+
+
 def test_receipts_show_refuses_a_bad_limit(tmp_path: Path) -> None:
     path = write_run(tmp_path / "r.jsonl")
     line = assert_bad_input(invoke("receipts.show", str(path), "--limit", "-1"))
@@ -299,6 +316,11 @@ def test_receipts_show_filters_by_kind(tmp_path: Path) -> None:
     assert table.returncode == 0 and "metrics" in table.stdout and "rss_mb=150.0" in table.stdout
     assert "request" not in table.stdout and "startup" not in table.stdout
     assert "nope" in assert_bad_input(invoke("receipts.show", str(tmp_path / "nope")))
+    typo = assert_bad_input(invoke("receipts.show", str(path), "--kind", "reqeust"))
+    assert "no receipt of kind 'reqeust'" in typo and "metrics, receipt, request" in typo
+    array = tmp_path / "array.jsonl"
+    array.write_text("[1, 2]\n")
+    assert "line 1: not a JSON object" in assert_bad_input(invoke("receipts.show", str(array)))
 
 
 def test_tasks_module_is_the_only_entry_point() -> None:

@@ -58,6 +58,20 @@ def _close(run: PhaseRun) -> Path:
     return run.path
 
 
+def release_url(url: str) -> str:
+    """A running release's base URL (`http://HOST:PORT`), or one line saying what is wrong."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme != "http" or not parts.hostname or port == -1:
+        raise PipelineError(f"--url: expected http://HOST:PORT of a running release, got {url!r}")
+    return url.rstrip("/")
+
+
 def smoke(
     url: str,
     env: Env,
@@ -67,8 +81,9 @@ def smoke(
     on_record: Listener = None,
 ) -> tuple[int, int, Path]:
     """(passed, total, receipts file)."""
+    url = release_url(url)
     run = _run("smoke", env, receipts, view, on_record, target=url)
-    passed = run_smoke_stage(run, url.rstrip("/"))
+    passed = run_smoke_stage(run, url)
     return passed, len(env.smoke), _close(run)
 
 
@@ -85,6 +100,7 @@ def load(
     on_record: Listener = None,
 ) -> tuple[Any, Path]:
     """An open-loop (or, with `closed`, closed-loop) load run; (summary, receipts file)."""
+    url = release_url(url)
     run = _run(
         "load",
         env,

@@ -77,6 +77,24 @@ def endpoint_for(env: Env, override: str | None) -> str | None:
     return override or os.environ.get(ENDPOINT_ENV) or env.cloudrun.endpoint
 
 
+def answering_endpoint(env: Env, override: str | None) -> str | None:
+    """The endpoint for a call by hand: a local one where nothing answers is one line at once
+    (the client would retry a refused connection until its deadline)."""
+    from pipeline.runtime.readiness import http_status
+
+    where = endpoint_for(env, override)
+    if where and where.startswith("http://127.0.0.1") and not http_status(where, _probe_path(env)):
+        raise PipelineError(
+            f"nothing answers at {where}: start the emulator (invoke emulator.start --background)"
+            " or name another endpoint with --endpoint"
+        )
+    return where
+
+
+def _probe_path(env: Env) -> str:
+    return f"/v2/projects/{env.cloudrun.project}/locations/{env.cloudrun.region}/services"
+
+
 def image_for(env: Env, info: releases.ReleaseInfo) -> str:
     try:
         return env.cloudrun.image.format(
@@ -637,7 +655,7 @@ def ensure_endpoint(env: Env, override: str | None, view: View | None = None) ->
     where = endpoint_for(env, override)
     if not where or not where.startswith("http://127.0.0.1"):
         return where
-    probe_path = f"/v2/projects/{env.cloudrun.project}/locations/{env.cloudrun.region}/services"
+    probe_path = _probe_path(env)
     if http_status(where, probe_path):
         return where
     port = urlsplit(where).port or 8089

@@ -10,10 +10,10 @@ ENDPOINT_HELP = "Cloud Run API endpoint, overriding the env file (or PIPELINE_CL
 
 def _where(env, endpoint):
     from pipeline import config
-    from pipeline.phases.week5 import default_backend, endpoint_for
+    from pipeline.phases.week5 import answering_endpoint, default_backend
 
     environment = config.load_env(env)
-    where = endpoint_for(environment, endpoint)
+    where = answering_endpoint(environment, endpoint)
     return environment, where, default_backend(environment, where)
 
 

@@ -38,6 +38,7 @@ def run(
         duration = number("--duration", duration, 15.0, above=0)
         connections = number("--connections", connections, 16, integer=True, at_least=1)
         environment = config.load_env(env)
+        url = standalone.release_url(url)
         console, view = phase_view(json, f"load · {url}")
         summary, path = standalone.load(
             url,

@@ -45,22 +45,14 @@ def verify(c, file, unsealed=False):
 def show(c, file, kind=None, limit=None, json=False):
     """Show the receipts of a run as a table (no verification: use receipts.verify)."""
     with exit_codes():
-        from itertools import islice
         from pathlib import Path
 
         import orjson
 
         from pipeline import receipts, report
-        from pipeline.errors import PipelineError
 
-        path = Path(file)
-        if not path.is_file():
-            raise PipelineError(f"{path}: no such receipts file")
-        records = receipts.iter_records(path)
-        if kind:
-            records = (r for r in records if r.get("kind") == kind)
-        if limit:
-            records = islice(records, number("--limit", limit, integer=True, at_least=1))
+        limit = number("--limit", limit, integer=True, at_least=1)
+        records = receipts.select(Path(file), kind or None, limit)
         if json:
             for record in records:
                 sys.stdout.buffer.write(orjson.dumps(record) + b"\n")

@@ -21,6 +21,7 @@ def run(c, url, env="local", receipts=None, json=False):
         from pipeline.errors import GateFailed
         from pipeline.phases import standalone
 
+        url = standalone.release_url(url)
         console, view = phase_view(json, f"smoke · {url}")
         passed, total, path = standalone.smoke(
             url, config.load_env(env), receipts=receipts, view=view, on_record=json_echo(json)
