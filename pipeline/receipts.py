@@ -122,12 +122,20 @@ class ReceiptWriter:
         self._lock = threading.RLock()  # re-entered by seal(): count, head and seal are atomic
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
         if _fh is None:
-            path.parent.mkdir(parents=True, exist_ok=True)
             try:
+                path.parent.mkdir(parents=True, exist_ok=True)
                 _fh = open(path, "xb")  # noqa: SIM115 - closed in close()
             except FileExistsError:
+                if path.parent.is_dir():
+                    raise PipelineError(
+                        f"{path}: receipts file already exists; choose another --receipts"
+                    ) from None
                 raise PipelineError(
-                    f"{path}: receipts file already exists; choose another --receipts"
+                    f"{path}: cannot write receipts here: {path.parent} is not a directory"
+                ) from None
+            except OSError as exc:
+                raise PipelineError(
+                    f"{path}: cannot write receipts here: {exc.strerror or exc}"
                 ) from None
         self._fh = _fh
 

@@ -618,9 +618,12 @@ def extract(
             created = created.parent
     tmp: Path | None = None
     try:
-        if created is not None:
-            parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=parent))
+        try:
+            if created is not None:
+                parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=parent))
+        except OSError as exc:
+            raise PipelineError(f"{dest}: cannot extract here: {exc.strerror or exc}") from None
         try:
             _write(tarball, scan, tmp)
         except PipelineError:

@@ -254,6 +254,41 @@ def test_cloudrun_by_hand_with_nothing_at_a_local_endpoint_says_so_at_once(argv)
     assert line.startswith(f"error: nothing answers at {where}: start the emulator")
 
 
+BAD_PATHS = [
+    ("receipts under a file", ["smoke", "--url", URL, "--receipts", "{file}/r.jsonl"],
+     "{file}/r.jsonl: cannot write receipts here"),
+    ("extract under a file", ["release.extract", "--tarball", "{tarball}", "--dest", "{file}/x"],
+     "{file}/x: cannot extract here"),
+    ("rollout state a directory", ["cloudrun.resume", "--state", "{dir}"],
+     "{dir}: cannot read the rollout state"),
+    ("rollout state binary", ["cloudrun.rollback", "--state", "{binary}"],
+     "{binary}: cannot read the rollout state: not UTF-8 text"),
+    ("scenario out a directory", ["pilot.generate", "acme", "--out", "{dir}"],
+     "{dir}: cannot write the scenario"),
+    ("emulator state a file", ["emulator.status", "--state-dir", "{file}"],
+     "{file}: the emulator's state dir is not a directory"),
+    ("damaged release state", ["release.stop"], "current.json: not a release state"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("argv, message", [b[1:] for b in BAD_PATHS], ids=[b[0] for b in BAD_PATHS])
+def test_a_path_that_cannot_serve_is_one_line(argv, message, tmp_path, reference_tarball) -> None:
+    names = {
+        "file": tmp_path / "a-file",
+        "dir": tmp_path / "a-dir",
+        "binary": tmp_path / "binary.json",
+        "tarball": reference_tarball(),
+    }
+    names["file"].write_text("x")
+    names["dir"].mkdir()
+    names["binary"].write_bytes(b"\xff\xfe\x00garbage")
+    (runs_dir() / "releases").mkdir(parents=True)
+    (runs_dir() / "releases" / "current.json").write_text("{not json")
+    line = assert_bad_input(invoke(*[a.format(**names) for a in argv]))
+    assert message.format(**names) in line, line
+    assert names["file"].read_text() == "x" and not any(names["dir"].iterdir())
+
+
 def test_receipts_show_refuses_a_bad_limit(tmp_path: Path) -> None:
     path = write_run(tmp_path / "r.jsonl")
     line = assert_bad_input(invoke("receipts.show", str(path), "--limit", "-1"))

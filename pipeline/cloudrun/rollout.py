@@ -88,9 +88,13 @@ class RolloutState:
     @classmethod
     def load(cls, path: Path) -> RolloutState:
         try:
-            return cls.from_json(path.read_text(), str(path))
+            text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise PipelineError(f"{path}: no rollout state here") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc.strerror or exc
+            raise PipelineError(f"{path}: cannot read the rollout state: {why}") from None
+        return cls.from_json(text, str(path))
 
 
 @dataclass(frozen=True)

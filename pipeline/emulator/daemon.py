@@ -25,6 +25,8 @@ LOG_FILE = "emulator.log"
 
 
 def read_registry(state_dir: Path) -> dict[str, Any] | None:
+    if state_dir.exists() and not state_dir.is_dir():
+        raise PipelineError(f"{state_dir}: the emulator's state dir is not a directory")
     try:
         data = json.loads((state_dir / REGISTRY_FILE).read_text())
     except (FileNotFoundError, ValueError):

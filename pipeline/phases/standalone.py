@@ -3,6 +3,7 @@ the background, smoke a URL, load it, monitor a pid. Each writes a sealed receip
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -218,12 +219,40 @@ def _state_file() -> Path:
     return receipt_log.runs_dir() / "releases" / "current.json"
 
 
+def _read_state() -> dict[str, Any] | None:
+    """The background release's state, None when there is none; a damaged file is one line."""
+    path = _state_file()
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise PipelineError(
+            f"{path}: not a release state ({exc}); remove it if no release runs"
+        ) from None
+    if not isinstance(state, dict) or not isinstance(state.get("pid"), int):
+        raise PipelineError(f"{path}: not a release state (no pid); remove it if no release runs")
+    return state
+
+
+def _still_running(state: dict[str, Any]) -> bool:
+    """The process the state names is alive and is the one that was started (not a recycled pid)."""
+    try:
+        proc = psutil.Process(state["pid"])
+        started = state.get("create_time")
+        return proc.status() != psutil.STATUS_ZOMBIE and (
+            started is None or abs(proc.create_time() - started) < 0.01
+        )
+    except psutil.Error:
+        return False
+
+
 def start_background(tarball: Path, env: Env, *, port: int | None = None) -> dict[str, Any]:
     """Extract and start a release detached from this process; `stop_background` ends it."""
     state_file = _state_file()
-    if state_file.exists():
-        known = json.loads(state_file.read_text())
-        if psutil.pid_exists(known["pid"]):
+    known = _read_state()
+    if known is not None:
+        if _still_running(known):
             raise PipelineError(
                 f"a release is already running (pid {known['pid']}, {known['url']}); run release.stop first"
             )
@@ -277,6 +306,7 @@ def start_background(tarball: Path, env: Env, *, port: int | None = None) -> dic
             ) from None
         state = {
             "pid": proc.pid,
+            "create_time": psutil.Process(proc.pid).create_time(),
             "url": url,
             "workdir": str(workdir),
             "log": str(log),
@@ -287,10 +317,9 @@ def start_background(tarball: Path, env: Env, *, port: int | None = None) -> dic
         state_file.write_text(json.dumps(state, indent=2))
         return state
     except BaseException:
-        if not _state_file().exists() or json.loads(_state_file().read_text()).get(
-            "workdir"
-        ) != str(workdir):
-            shutil.rmtree(workdir, ignore_errors=True)
+        with contextlib.suppress(PipelineError):
+            if (_read_state() or {}).get("workdir") != str(workdir):
+                shutil.rmtree(workdir, ignore_errors=True)
         raise
 
 
@@ -303,12 +332,12 @@ def _kill(pid: int) -> None:
 
 def stop_background(grace: float = 10.0) -> dict[str, Any]:
     state_file = _state_file()
-    if not state_file.exists():
+    state = _read_state()
+    if state is None:
         raise PipelineError(f"no background release to stop ({state_file} does not exist)")
-    state = json.loads(state_file.read_text())
     pid = state["pid"]
     status = "not running"
-    if psutil.pid_exists(pid):
+    if _still_running(state):
         os.kill(pid, signal.SIGTERM)
         try:
             poll(

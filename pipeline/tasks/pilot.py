@@ -33,7 +33,14 @@ def generate(
             print(text, end="")
             return
         path = Path(out or f"pilots/{tenant}-{operations}-{seed}.toml")
-        path.write_text(text)
+        try:
+            path.write_text(text)
+        except OSError as exc:
+            from pipeline.errors import PipelineError
+
+            raise PipelineError(
+                f"{path}: cannot write the scenario: {exc.strerror or exc}"
+            ) from None
         pilots.load_scenario(path)  # what we write must load
         print(path)
 
