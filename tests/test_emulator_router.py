@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from pipeline.emulator.router import Listener, Pool, Route, Slot
+from pipeline.waiting import apoll
 
 RESPONSES = {
     b"/length": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
@@ -222,11 +223,16 @@ def test_head_and_pipelined_requests_come_back_in_order():
     run(scenario)
 
 
+async def in_flight(pool: Pool) -> None:
+    """Until the pool has a request in flight."""
+    found = await apoll(lambda: True if pool.inflight else None, timeout=10, what="in flight")
+    assert found, "no request went in flight"
+
+
 def test_past_concurrency_requests_queue_then_429_and_timeouts_are_504():
     async def scenario(listener: Listener, pools: list[Pool]) -> None:
         slow = asyncio.ensure_future(exchange(listener, b"GET /slow HTTP/1.1\r\n\r\n"))
-        while pools[0].inflight == 0:
-            await asyncio.sleep(0.01)
+        await in_flight(pools[0])
         [(status, _h, body)] = await exchange(listener, b"GET /length HTTP/1.1\r\n\r\n")
         assert status == 429 and b"no instance was available" in body
         [(status, _h, _b)] = await slow
@@ -255,8 +261,7 @@ def test_a_drained_instance_gets_no_new_requests_and_is_reported_idle():
         pool.on_idle = idle.append
         first, second = pool.slots
         slow = asyncio.ensure_future(exchange(listener, b"GET /slow HTTP/1.1\r\n\r\n"))
-        while pool.inflight == 0:
-            await asyncio.sleep(0.01)
+        await in_flight(pool)
         busy = first if first.inflight else second
         pool.drain(busy)
         assert idle == [], "in-flight requests finish first"

@@ -186,3 +186,30 @@ def test_rollback_routes_and_weight_verification():
     assert not weight_is(service, "c", 10)
     latest = ServiceState("svc", "http://x", "e", 3, "c", "c", (Route(None, 100),))
     assert latest.percent_of("c") == 100  # a LATEST route counts for the latest ready revision
+
+
+WINDOW_KEYS = [
+    ("plain", "http.success", [("stage", "canary-10")]),
+    ("own filter kept", "http.latency_ms{method:GET}", [("method", "GET"), ("stage", "canary-10")]),
+    ("names a stage", "http.rps{stage:production-load}", [("stage", "production-load")]),
+]
+
+
+@pytest.mark.parametrize(
+    "key, filters", [w[1:] for w in WINDOW_KEYS], ids=[w[0] for w in WINDOW_KEYS]
+)
+def test_a_canary_step_is_judged_on_its_own_window(tmp_path, key, filters):
+    """[gates.canary] keys are narrowed to the step's receipts, also those with filters."""
+    from pipeline import config
+    from pipeline.phases.week5 import window_gate
+
+    env_file = tmp_path / "canary.toml"
+    env_file.write_text(
+        f'extends = "{config.resolve("cloudrun-local").resolve()}"\n'
+        f'[gates.canary]\n"{key}" = ["count >= 0"]\n'
+    )
+    env = config.load_env(env_file)
+    spec = window_gate(env, "canary-10")
+    name = key.split("{")[0]
+    assert tuple(filters) in {tuple(k.filters) for k in spec.keys if k.name == name}
+    assert all(("stage", "canary-10") in k.filters or k.name == "http.rps" for k in spec.keys)

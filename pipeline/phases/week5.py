@@ -232,10 +232,18 @@ def window_gate(env: Env, stage: str) -> GateSpec:
     if not table:
         raise PipelineError(f"{env.path}: no [gates.canary] table for the canary steps")
     source = env.sources.get("gates.canary", str(env.path))
-    scoped = {
-        f"{key}{{stage:{stage}}}" if "{" not in key else key: exprs for key, exprs in table.items()
-    }
+    scoped = {_in_window(key, stage): exprs for key, exprs in table.items()}
     return parse_gate(f"canary:{stage}", scoped, source)
+
+
+def _in_window(key: str, stage: str) -> str:
+    """`metric{filters}` narrowed to one stage's receipts, its own filters kept; a key that
+    names a stage itself is left as written."""
+    name, _, filters = key.partition("{")
+    filters = filters.rstrip("}").strip()
+    if any(f.split(":", 1)[0].strip() == "stage" for f in filters.split(",")):
+        return key
+    return f"{name}{{{filters + ',' if filters else ''}stage:{stage}}}"
 
 
 def do_canary(r: Rollout, percent: int) -> dict[str, Any]:

@@ -114,13 +114,11 @@ def scale(
 ):
     """Apply min/max instances and concurrency (a new revision takes the traffic) and verify them."""
     with exit_codes():
+        from pipeline import config
         from pipeline.cloudrun import ops
 
-        environment, where, _ = _where(env, endpoint)
-        settings = environment.cloudrun
-        applied = ops.scale(
-            environment,
-            where,
+        settings = config.load_env(env).cloudrun
+        wanted = (
             number(
                 "--min-instances", min_instances, settings.min_instances, integer=True, at_least=0
             ),
@@ -129,6 +127,8 @@ def scale(
             ),
             number("--concurrency", concurrency, settings.concurrency, integer=True, at_least=1),
         )
+        environment, where, _ = _where(env, endpoint)
+        applied = ops.scale(environment, where, *wanted)
         human_console(False).print(f"applied: {applied}", highlight=False)
 
 
@@ -145,12 +145,10 @@ def drain(c, revision, timeout=None, env="cloudrun-local", endpoint=None):
     with exit_codes():
         from pipeline.cloudrun import ops
 
+        timeout = number("--timeout", timeout, 60.0, above=0)
         environment, where, backend = _where(env, endpoint)
         human_console(False).print(
-            ops.drain(
-                environment, where, revision, backend, number("--timeout", timeout, 60.0, above=0)
-            ),
-            highlight=False,
+            ops.drain(environment, where, revision, backend, timeout), highlight=False
         )
 
 
