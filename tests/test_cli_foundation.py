@@ -178,6 +178,8 @@ def test_gate_check_bad_input_exits_2_with_one_error_line(tmp_path: Path) -> Non
     assert str(not_toml) in assert_bad_input(
         invoke("gate.check", "--gate", "week3", "--receipts", str(path), "--env", str(not_toml))
     )
+    folder = invoke("gate.check", "--gate", "week3", "--receipts", str(tmp_path))
+    assert assert_bad_input(folder) == f"error: {tmp_path}: a directory, not a receipts file"
     no_env = invoke("gate.check", "--gate", "week3", "--receipts", str(path), "--env", "nosuch")
     assert "nosuch.toml: no such env file" in assert_bad_input(no_env)
     assert not (runs_dir() / "gates.jsonl").exists()  # bad input is not a verdict

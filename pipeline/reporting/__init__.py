@@ -13,6 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from pipeline import receipts
 from pipeline.config import Env
 from pipeline.errors import PipelineError
 from pipeline.reporting import junit, model, page
@@ -75,11 +76,7 @@ def write_reports(
 ) -> tuple[Path, Path]:
     """Build the report of a receipts file; write report.html and junit.xml (beside the receipts
     unless told otherwise). A file that does not verify still gets both, saying so."""
-    path = Path(receipts_path)
-    if not path.exists():
-        raise PipelineError(f"{path}: no such receipts file")
-    if not path.is_file():
-        raise PipelineError(f"{path}: not a receipts file (a directory?)")
+    path = receipts.receipts_file(receipts_path)
     report = model.build(path)
     environment, note = resolve_env(env, report)
     default_html, default_junit = report_paths(path)

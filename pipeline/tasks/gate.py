@@ -20,14 +20,12 @@ from pipeline.tasks._cli import exit_codes, human_console
 def check(c, gate, receipts, env="local", json=False, unsealed=False):
     """Verify a receipts file and judge a gate over it: exit 0 pass, 99 fail, 2 bad input."""
     with exit_codes():
-        from pathlib import Path
-
         from pipeline import envfiles, report, verdicts
-        from pipeline.errors import GateFailed, PipelineError
+        from pipeline import receipts as receipt_log
+        from pipeline.errors import GateFailed
 
         spec = envfiles.gate_spec(env, gate)  # the rest of the env is not needed to judge
-        if not Path(receipts).is_file():  # bad input (exit 2), not a verdict for the ledger
-            raise PipelineError(f"{receipts}: no such receipts file")
+        receipt_log.receipts_file(receipts)  # bad input (exit 2), not a verdict for the ledger
         verdict = verdicts.judge_file(receipts, spec, require_seal=not unsealed)
         console = human_console(json)
         if verdict.verification is not None:

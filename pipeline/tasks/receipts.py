@@ -17,14 +17,10 @@ from pipeline.tasks._cli import exit_codes, human_console, number
 def verify(c, file, unsealed=False):
     """Verify the hash chain: exit 0 verified, 99 broken (first bad line named), 2 unreadable."""
     with exit_codes():
-        from pathlib import Path
-
         from pipeline import receipts, report
-        from pipeline.errors import GateFailed, PipelineError
+        from pipeline.errors import GateFailed
 
-        path = Path(file)
-        if not path.is_file():
-            raise PipelineError(f"{path}: no such receipts file")
+        path = receipts.receipts_file(file)
         if path.name == "gates.jsonl":
             unsealed = True  # the ledger is never sealed: it goes on across runs
         verification = receipts.verify(path, require_seal=not unsealed)
