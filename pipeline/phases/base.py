@@ -111,7 +111,7 @@ class PhaseRun:
         self.failed_stages: list[str] = []
         self.facts: dict[str, Any] = {}
         self.interrupted = False
-        self.crashed: str | None = None  # a bug stopped the phase: the verdict fails, saying so
+        self.crashed: str | None = None  # why the phase stopped half-way: the verdict says so
         self.release: dict[str, Any] = {}
 
     @property
@@ -153,8 +153,7 @@ class PhaseRun:
             self.error(name, "interrupted (Ctrl-C)")
             raise
         except Exception as exc:
-            self.crash(exc, name)
-            stage.fail(self.crashed or "crashed")
+            stage.fail(self.crash(exc, name))
             raise
         finally:
             seconds = round(time.monotonic() - began, 4)
@@ -178,13 +177,14 @@ class PhaseRun:
     def error(self, stage: str | None, reason: str, **fields: Any) -> None:
         self.write("error", stage, reason=reason, **fields)
 
-    def crash(self, exc: BaseException, stage: str | None = None) -> None:
+    def crash(self, exc: BaseException, stage: str | None = None) -> str:
         """Something stopped the phase half-way, bad input found late or a bug: say so once, in
-        an error receipt; the verdict will fail with it."""
+        an error receipt; the verdict will fail with it. Returns why."""
         if self.crashed is None:
             kind = "stopped" if isinstance(exc, PipelineError) else f"crashed: {type(exc).__name__}"
             self.crashed = f"{kind}: {exc}"
             self.error(stage, self.crashed)
+        return self.crashed
 
     def finish(self, spec: GateSpec) -> PhaseResult:
         """Judge the gate over this run's receipts, record the verdict, seal the file."""

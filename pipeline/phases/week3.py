@@ -329,7 +329,7 @@ def run_phase_frame(
             run.interrupted = True
             played.cleanup()
             run.error(None, f"interrupted (Ctrl-C): {played.on_interrupt}")
-        except Exception as exc:  # a bug: judged (failing) and sealed, then exit 1
+        except Exception as exc:  # judged (failing) and sealed, then raised: exit 1 (a bug) or 2
             run.crash(exc)
             played.cleanup()
             run.finish(spec)

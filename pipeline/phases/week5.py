@@ -80,10 +80,8 @@ def endpoint_for(env: Env, override: str | None) -> str | None:
 def answering_endpoint(env: Env, override: str | None) -> str | None:
     """The endpoint for a call by hand: a local one where nothing answers is one line at once
     (the client would retry a refused connection until its deadline)."""
-    from pipeline.runtime.readiness import http_status
-
     where = endpoint_for(env, override)
-    if where and where.startswith("http://127.0.0.1") and not http_status(where, _probe_path(env)):
+    if _silent_local(env, where):
         raise PipelineError(
             f"nothing answers at {where}: start the emulator (invoke emulator.start --background)"
             " or name another endpoint with --endpoint"
@@ -93,6 +91,14 @@ def answering_endpoint(env: Env, override: str | None) -> str | None:
 
 def _probe_path(env: Env) -> str:
     return f"/v2/projects/{env.cloudrun.project}/locations/{env.cloudrun.region}/services"
+
+
+def _silent_local(env: Env, where: str | None) -> bool:
+    """A local endpoint (the emulator's place) where nothing answers the Admin API."""
+    from pipeline.runtime.readiness import http_status
+
+    local = bool(where) and str(where).startswith("http://127.0.0.1")
+    return local and not http_status(str(where), _probe_path(env))
 
 
 def image_for(env: Env, info: releases.ReleaseInfo) -> str:
@@ -574,7 +580,7 @@ def finish_rollout(rollout: Rollout, spec: GateSpec) -> PhaseResult:
         drive(rollout)
     except KeyboardInterrupt:
         run.interrupted = True
-    except Exception as exc:  # a bug: judged (failing) and sealed, then exit 1
+    except Exception as exc:  # judged (failing) and sealed, then raised: exit 1 (a bug) or 2
         run.crash(exc)
         run.finish(spec)
         raise
@@ -661,11 +667,9 @@ def ensure_endpoint(env: Env, override: str | None, view: View | None = None) ->
     from pipeline.runtime.readiness import http_status
 
     where = endpoint_for(env, override)
-    if not where or not where.startswith("http://127.0.0.1"):
+    if where is None or not _silent_local(env, where):
         return where
     probe_path = _probe_path(env)
-    if http_status(where, probe_path):
-        return where
     port = urlsplit(where).port or 8089
     repo = Path(__file__).resolve().parent.parent.parent
     started = subprocess.run(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +25,9 @@ def exit_codes() -> Iterator[None]:
         raise Exit(f"gate failed: {exc}", code=GateFailed.exit_code) from None
     except KeyboardInterrupt:
         raise Exit("interrupted", code=130) from None
+
+
+_HOLDS = {">": operator.gt, ">=": operator.ge, "<=": operator.le}
 
 
 def number(
@@ -48,17 +52,15 @@ def number(
     except ValueError:
         parsed = None
     bounds = [
-        (above, lambda x, b: x > b, ">"),
-        (at_least, lambda x, b: x >= b, ">="),
-        (at_most, lambda x, b: x <= b, "<="),
+        (b, op) for b, op in ((above, ">"), (at_least, ">="), (at_most, "<=")) if b is not None
     ]
-    wanted = " and ".join(f"{op} {b:g}" for b, _ok, op in bounds if b is not None)
-    kind = "an integer" if integer else "a number"
+    wanted = " and ".join(f"{op} {b:g}" for b, op in bounds)
     if (
         parsed is None
         or not math.isfinite(parsed)
-        or not all(ok(parsed, b) for b, ok, _op in bounds if b is not None)
+        or not all(_HOLDS[op](parsed, b) for b, op in bounds)
     ):
+        kind = "an integer" if integer else "a number"
         raise PipelineError(
             f"{flag}: expected {kind}{' ' + wanted if wanted else ''}, got {text!r}"
         )
