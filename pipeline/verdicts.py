@@ -38,12 +38,12 @@ def judge_file(path: str | Path, spec: GateSpec, *, require_seal: bool = True) -
     return verdict
 
 
-def find_passing(
-    gate: str, release_sha256: str, spec: GateSpec | None = None
-) -> dict[str, Any] | None:
-    """The newest ledger entry passing `gate` for this release whose run still verifies and,
-    given `spec` (the thresholds of whoever relies on it), passes them too when judged again
-    from its receipts: a pass recorded under a laxer env file does not count."""
+def find_passing(phase: str, release_sha256: str, spec: GateSpec) -> dict[str, Any] | None:
+    """The newest ledger entry recording a pass of `phase` (week3, …) for this release whose run
+    file still verifies, is a run of that phase on that release (its own `run` record says so:
+    the ledger is not trusted for it), and passes `spec` — the thresholds of whoever relies on
+    it — when judged again from its receipts: a pass recorded under a laxer env file does not
+    count."""
     ledger = receipts.ledger_path()
     if not ledger.exists():
         return None
@@ -53,21 +53,28 @@ def find_passing(
     candidates = [
         entry
         for entry in receipts.iter_records(ledger)
-        if entry.get("gate") == gate
+        if entry.get("gate") in (phase, spec.name)
         and entry.get("passed") is True
         and entry.get("release_sha256") == release_sha256
     ]
     for entry in reversed(candidates):
-        if spec is not None:
-            again = check(entry["receipts"], spec)
-            if (
-                again.passed
-                and again.verification
-                and again.verification.head == entry.get("receipts_head")
-            ):
-                return entry
-            continue
-        run = receipts.verify(entry["receipts"])
-        if run.ok and run.head == entry.get("receipts_head"):
+        again = check(entry["receipts"], spec)
+        found = again.verification
+        if (
+            again.passed
+            and found is not None
+            and found.head == entry.get("receipts_head")
+            and _run_of(found.run, phase, release_sha256)
+        ):
             return entry
     return None
+
+
+def _run_of(run: dict[str, Any] | None, phase: str, release_sha256: str) -> bool:
+    release = (run or {}).get("release")
+    return (
+        run is not None
+        and run.get("phase") == phase
+        and isinstance(release, dict)
+        and release.get("sha256") == release_sha256
+    )

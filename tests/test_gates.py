@@ -377,9 +377,11 @@ def write_run(
     rss: Sequence[float] = (120.0, 140.0, 135.0),
     errors: int = 0,
     seal: bool = True,
+    phase: str = "week3",
+    sha256: str = "ab" * 32,
 ) -> Path:
-    with ReceiptWriter(path, run_id="r-gates", phase="week3") as w:
-        w.write("run", tool="pipeline", release={"name": "tai", "sha256": "ab" * 32})
+    with ReceiptWriter(path, run_id="r-gates", phase=phase) as w:
+        w.write("run", tool="pipeline", release={"name": "tai", "sha256": sha256})
         w.write("stage", "start", event="start")
         if startup is not None:
             w.write("startup", "start", seconds=startup)
@@ -512,14 +514,35 @@ def test_judge_file_records_and_find_passing_reverifies(tmp_path: Path, week3) -
     bad = write_run(tmp_path / "bad.jsonl", errors=2)
     assert verdicts.judge_file(good, week3).passed
     assert not verdicts.judge_file(bad, week3).passed
-    found = verdicts.find_passing("week3", sha)
+    found = verdicts.find_passing("week3", sha, week3)
     assert found is not None and found["receipts"] == str(good.resolve())
     assert found["judged_run"] == "r-gates" and found["passed"] is True
-    assert verdicts.find_passing("week3", "cd" * 32) is None
-    assert verdicts.find_passing("week4", sha) is None
+    assert verdicts.find_passing("week3", "cd" * 32, week3) is None
+    assert verdicts.find_passing("week4", sha, gates.GateSpec("week4", week3.rules)) is None
     # the run it came from no longer verifies: the old pass does not count
     good.write_bytes(good.read_bytes().replace(b'"rss_mb":140.0', b'"rss_mb":14.0'))
-    assert verdicts.find_passing("week3", sha) is None
+    assert verdicts.find_passing("week3", sha, week3) is None
+
+
+@pytest.mark.parametrize(
+    ("forged", "run"),
+    [
+        ({"release_sha256": "cd" * 32}, {}),  # a pass of release ab… claimed for cd…
+        ({}, {"phase": "week4"}),  # a week 4 run recorded as a Gate 2 pass
+    ],
+    ids=["another-release", "another-phase"],
+)
+def test_find_passing_believes_the_run_file_not_the_ledger(
+    tmp_path: Path, week3, forged: dict[str, str], run: dict[str, str]
+) -> None:
+    """The ledger is a plain hash chain anyone can append to: a line that points at a genuine
+    passing run but names another release (or comes from another phase) does not count."""
+    path = write_run(tmp_path / "r.jsonl", **run)
+    entry = verdicts.ledger_entry(gates.check(path, week3), path, source="gate.check")
+    entry.update(forged)
+    receipts.append_ledger(entry)
+    assert entry["passed"] is True
+    assert verdicts.find_passing("week3", entry["release_sha256"], week3) is None
 
 
 def test_a_pass_recorded_under_laxer_thresholds_does_not_count_for_a_stricter_reader(
@@ -534,8 +557,7 @@ def test_a_pass_recorded_under_laxer_thresholds_does_not_count_for_a_stricter_re
     slow = write_run(tmp_path / "slow.jsonl", startup=6.2)  # Gate 2 wants startup < 5 s
     lenient = gates.parse_gate("week3", {"errors": ["count < 1000"]}, "lenient.toml")
     assert verdicts.judge_file(slow, lenient).passed
-    assert verdicts.find_passing("week3", sha)["receipts"] == str(slow.resolve())
-    assert verdicts.find_passing("week3", sha, lenient) is not None
+    assert verdicts.find_passing("week3", sha, lenient)["receipts"] == str(slow.resolve())
     assert verdicts.find_passing("week3", sha, week3) is None
     with pytest.raises(GateFailed, match=r"no passing Gate 2 \(week3\) and Gate 3"):
         week5.preflight(sha, config.load_env("cloudrun-local"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline import receipts
 from pipeline.cloudrun.client import Route, ServiceState
 from pipeline.cloudrun.rollout import (
     RolloutState,
@@ -128,6 +129,63 @@ def test_rollback_records_the_reason_and_ends_rolled_back():
     assert current.phase == "rolled_back" and current.finished and next_step(current) is None
 
 
+def test_a_failed_rollback_stops_for_a_person_and_is_not_called_rolled_back():
+    current = state(stable="s", candidate="c", phase="rollback", reason="p95 too high")
+    current = advance(current, Step("rollback"), False, reason="the service reports c=50")
+    assert current.phase == "rollback_failed" and not current.finished
+    assert current.reason == "p95 too high; then the rollback failed: the service reports c=50"
+    assert next_step(current) is None  # no retry loop: a person resumes or rolls back
+
+
+def _rollout(tmp_path, api, **state_changes):
+    from pipeline import config
+    from pipeline.phases.base import PhaseRun
+    from pipeline.phases.week5 import NoBackend, Rollout
+
+    env = config.load_env("cloudrun-local")
+    run = PhaseRun("week5", env, receipts_path=tmp_path / "r.jsonl")
+    run.begin({"sha256": "ab" * 32})
+    return Rollout(run, api, env, NoBackend(), tmp_path / "rollout.json", state(**state_changes))
+
+
+@pytest.mark.parametrize(
+    ("stop", "said"),
+    [
+        (KeyboardInterrupt(), "interrupted"),
+        (RuntimeError("API deadline"), "stopped by an error (API deadline)"),
+    ],
+    ids=["ctrl-c", "error"],
+)
+def test_a_canary_step_stopped_half_way_puts_traffic_back(tmp_path, monkeypatch, stop, said):
+    """Ctrl-C or any error in the middle of a canary step: the split goes back to the last
+    completed step instead of staying where the unjudged step left it."""
+    from pipeline import config
+    from pipeline.cloudrun.client import FakeCloudRun, Template
+    from pipeline.phases import week5
+
+    api = FakeCloudRun()
+    template = Template.of(config.load_env("cloudrun-local").cloudrun, "file:///t.tar.gz")
+    api.deploy(template, None)
+    api.deploy(template, [Route("svc-00001-abc", 100)])
+    r = _rollout(tmp_path, api, stable="svc-00001-abc", candidate="svc-00002-abc",
+                 phase="canary", completed_step=0)  # fmt: skip
+
+    def half_way(r, percent):
+        r.api.set_traffic(canary_routes("svc-00001-abc", "svc-00002-abc", percent, "candidate"))
+        raise stop
+
+    monkeypatch.setitem(week5.ACTIONS, "canary", half_way)
+    with pytest.raises(type(stop)):
+        week5.drive(r)
+    assert api.calls[-2:] == [
+        "set_traffic:svc-00002-abc=50#candidate,svc-00001-abc=50",
+        "set_traffic:svc-00002-abc=10#candidate,svc-00001-abc=90",
+    ]
+    errors = [rec["reason"] for rec in receipts.iter_records(r.run.path) if rec["kind"] == "error"]
+    assert f"{said}; traffic back to 10 % on the candidate" in errors
+    assert RolloutState.load(tmp_path / "rollout.json").phase == "canary"
+
+
 def test_completed_step_tracks_the_last_passed_percentage():
     current = state(stable="s", candidate="c", phase="canary")
     assert current.current_percent == 0
@@ -213,3 +271,22 @@ def test_a_canary_step_is_judged_on_its_own_window(tmp_path, key, filters):
     name = key.split("{")[0]
     assert tuple(filters) in {tuple(k.filters) for k in spec.keys if k.name == name}
     assert all(("stage", "canary-10") in k.filters or k.name == "http.rps" for k in spec.keys)
+
+
+@pytest.mark.parametrize(
+    ("exc", "deploy_failure"),
+    [
+        ("FailedPrecondition", True),
+        ("Unknown:revision svc-00002-abc failed: the release never got ready", True),
+        ("AlreadyExists:service svc already exists", False),
+        ("ServiceUnavailable:try again", False),
+    ],
+    ids=["precondition", "never-ready", "already-exists", "unavailable"],
+)
+def test_a_deploy_failure_is_told_from_a_failed_call(exc, deploy_failure):
+    from google.api_core import exceptions as gexc
+
+    from pipeline.cloudrun.client import is_deploy_failure
+
+    kind, _, message = exc.partition(":")
+    assert is_deploy_failure(getattr(gexc, kind)(message or "no")) is deploy_failure

@@ -171,6 +171,36 @@ def test_first_deploy_goes_straight_to_100_percent(reference_tarball, cloud):
     assert production and max(r["instances"] for r in production) >= 1
 
 
+@pytest.mark.parametrize(
+    ("setting", "said"),
+    [
+        ('image = "file://{nope}"', "key cloudrun.image: unknown placeholder 'nope'"),
+        ("canary_steps = [50, 10]", "canary steps must rise strictly and end at 100"),
+    ],
+    ids=["image-placeholder", "canary-steps"],
+)
+def test_bad_rollout_settings_are_refused_before_any_receipt(
+    reference_tarball, cloud, tmp_path, setting, said
+):
+    """Found after the preflight but before the run opens: exit 2, one line, no run left
+    unsealed (or at all)."""
+    tarball = gates_passed(reference_tarball(version="1.0.0"))
+    env_file = tmp_path / "bad.toml"
+    env_file.write_text(f'extends = "{cloud["env_file"]}"\n[cloudrun]\n{setting}\n')
+    before = set(cloud["runs"].glob("*-week5-*"))
+    done = subprocess.run(
+        [INVOKE, "phase2.week5", "--tarball", str(tarball), "--env", str(env_file)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=os.environ,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert said in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert set(cloud["runs"].glob("*-week5-*")) == before
+
+
 def test_good_release_reaches_100_percent_with_zero_failed_requests(reference_tarball, cloud):
     tarball = gates_passed(reference_tarball(version="1.1.0"))
     with Background(service_uri(cloud)) as load:

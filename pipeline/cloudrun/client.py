@@ -10,6 +10,7 @@ tenacity on 429, 503 and connection errors (exponential backoff, one overall dea
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -136,6 +137,16 @@ def _transient(exc: BaseException) -> bool:
     except ImportError:  # pragma: no cover - requests comes with google-api-core
         pass
     return isinstance(exc, gexc.TooManyRequests | gexc.ServiceUnavailable)
+
+
+def is_deploy_failure(exc: Exception) -> bool:
+    """A deploy refused for the revision itself (FAILED_PRECONDITION, or an operation that
+    ended because the revision never got ready), not a call that failed on its way."""
+    from google.api_core import exceptions as gexc
+
+    return isinstance(exc, gexc.FailedPrecondition) or bool(
+        re.search(r"\bready\b", str(exc), re.IGNORECASE)  # "already exists" is not one
+    )
 
 
 class RunV2:
@@ -331,8 +342,8 @@ class RunV2:
                     svc.traffic = self._traffic(traffic)
 
             return self._update("deploy", change)
-        except (gexc.FailedPrecondition, gexc.GoogleAPICallError) as exc:
-            if isinstance(exc, gexc.FailedPrecondition) or "ready" in str(exc).lower():
+        except gexc.GoogleAPICallError as exc:
+            if is_deploy_failure(exc):
                 raise DeployFailed(str(exc)) from None
             raise
 

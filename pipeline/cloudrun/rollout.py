@@ -25,6 +25,7 @@ PHASES = (
     "smoke",
     "canary",
     "rollback",
+    "rollback_failed",  # stopped for a person: `cloudrun.resume` or `cloudrun.rollback` retries it
     "scale",
     "drain",
     "production",
@@ -109,8 +110,8 @@ class Step:
 
 
 def next_step(state: RolloutState) -> Step | None:
-    """What to do next; None when the rollout is over."""
-    if state.finished:
+    """What to do next; None when the rollout is over or waits for a person."""
+    if state.finished or state.phase == "rollback_failed":
         return None
     if state.phase == "canary":
         if state.completed_step + 1 < len(state.steps):
@@ -131,7 +132,15 @@ def advance(state: RolloutState, step: Step, passed: bool, **facts: Any) -> Roll
             history=history,
         )
     if step.kind == "rollback":
-        return replace(state, phase="rolled_back", history=history)
+        if passed:
+            return replace(state, phase="rolled_back", history=history)
+        why = facts.get("reason") or "rollback failed"
+        return replace(
+            state,
+            phase="rollback_failed",
+            reason=f"{state.reason}; then the rollback failed: {why}",
+            history=history,
+        )
     if not passed:
         return replace(
             state,

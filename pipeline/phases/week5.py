@@ -115,8 +115,8 @@ def preflight(sha256: str, env: Env) -> dict[str, Any]:
     from runs that still verify and that pass this env's own `[gates.week3]` and
     `[gates.week4]` when judged again from their receipts. There is no way around it."""
     found = {
-        gate: verdicts.find_passing(gate, sha256, env.gate_spec(gate))
-        for gate in ("week3", "week4")
+        week: verdicts.find_passing(week, sha256, env.gate_spec(env.phase(week).gate or week))
+        for week in ("week3", "week4")
     }
     missing = [
         f"Gate {2 if g == 'week3' else 3} ({g})" for g, entry in found.items() if entry is None
@@ -499,31 +499,48 @@ ACTIONS: dict[str, Callable[..., dict[str, Any]]] = {
 }
 
 
-def drive(r: Rollout) -> None:
-    """Run steps until the machine says it is over; save the state after every one."""
-    while (step := next_step(r.state)) is not None:
+def drive(r: Rollout, kinds: frozenset[str] | None = None) -> None:
+    """Run steps until the machine says it is over (or the next step is not one of `kinds`);
+    save the state after every one."""
+    while (step := next_step(r.state)) is not None and (kinds is None or step.kind in kinds):
         outcome: dict[str, Any] = {}
         with r.run.stage(step.label) as stage:
             try:
                 act = ACTIONS[step.kind]
                 outcome = act(r, step.percent) if step.kind == "canary" else act(r)
                 stage.note = str(outcome.pop("note", ""))
-            except KeyboardInterrupt:
-                settle_after_interrupt(r, step)
+            except BaseException as exc:
+                settle_after_stop(
+                    r,
+                    step,
+                    "interrupted"
+                    if isinstance(exc, KeyboardInterrupt)
+                    else f"stopped by an error ({exc})",
+                )
                 raise
         r.state = advance(r.state, step, stage.passed, reason=stage.reason, **outcome)
         r.save()
 
 
-def settle_after_interrupt(r: Rollout, step: Step) -> None:
-    """Ctrl-C mid-step: traffic goes back to the last completed step, and we say so."""
+def settle_after_stop(r: Rollout, step: Step, why: str) -> None:
+    """Ctrl-C or an error mid-step: a canary step's traffic goes back to the last completed
+    step, and we say so (or say that it could not be put back)."""
     if step.kind == "canary" and r.state.candidate and r.state.stable:
         percent = r.state.current_percent
-        r.api.set_traffic(canary_routes(r.state.stable, r.state.candidate, percent, r.state.tag))
-        r.run.view.note(
-            f"interrupted: traffic left at the last completed step, {percent} % on {r.state.candidate}"
-        )
-        r.run.error(step.label, f"interrupted; traffic back to {percent} % on the candidate")
+        routes = canary_routes(r.state.stable, r.state.candidate, percent, r.state.tag)
+        try:
+            r.api.set_traffic(routes)
+        except Exception as exc:  # the API may be what failed: say where traffic may be
+            r.run.error(
+                step.label,
+                f"{why}; could not put traffic back to {percent} % on the candidate: {exc} — "
+                f"up to {step.percent} % may still reach {r.state.candidate}",
+            )
+        else:
+            r.run.view.note(
+                f"{why}: traffic left at the last completed step, {percent} % on {r.state.candidate}"
+            )
+            r.run.error(step.label, f"{why}; traffic back to {percent} % on the candidate")
     r.save()
 
 
@@ -539,9 +556,43 @@ def run_week5(
     on_record: Callable[[dict[str, Any]], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> PhaseResult:
+    rollout = open_rollout(
+        tarball,
+        env,
+        endpoint=endpoint,
+        receipts=receipts,
+        view=view,
+        api_factory=api_factory,
+        backend_factory=backend_factory,
+        on_record=on_record,
+        sleep=sleep,
+    )
+    return finish_rollout(rollout, env.gate_spec(env.phase("week5").gate or "week5"))
+
+
+def open_rollout(
+    tarball: str | Path,
+    env: Env,
+    *,
+    endpoint: str | None,
+    receipts: str | Path | None,
+    view: View | None,
+    api_factory: Callable[[Env, str | None], CloudRun] | None = None,
+    backend_factory: Callable[[Env, str | None], Backend] | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    **begin: Any,
+) -> Rollout:
+    """Everything a rollout needs, checked before its receipts file is opened (bad input is
+    exit 2 with nothing written): the preflight, the image, the canary steps, the gate; then the
+    run's first line and the rollout state."""
     info = releases.inspect(Path(tarball))
     preflight_facts = preflight(info.sha256, env)  # exit 99 naming the missing gate: no skipping it
-    spec = env.gate_spec(env.phase("week5").gate or "week5")
+    env.gate_spec(env.phase("week5").gate or "week5")
+    image = image_for(env, info)
+    settings = env.cloudrun
+    steps = list(settings.canary_steps)
+    fresh("check", settings.service, None, image, info.sha256, info.version, settings.tag, steps)
     # the real client against a local endpoint: start the emulator if nothing answers there, only
     # now that the input is known good
     where = (
@@ -555,29 +606,34 @@ def run_week5(
     run.begin(
         info.as_receipt(),
         endpoint=where or "run.googleapis.com",
-        service=env.cloudrun.service,
+        service=settings.service,
         preflight=preflight_facts,
+        **begin,
     )
     state = fresh(
         run.writer.run_id,
-        env.cloudrun.service,
+        settings.service,
         where,
-        image_for(env, info),
+        image,
         info.sha256,
         info.version,
-        env.cloudrun.tag,
-        list(env.cloudrun.canary_steps),
+        settings.tag,
+        steps,
     )
     rollout = Rollout(run, api, env, backend, run.path.parent / "rollout.json", state, sleep=sleep)
-    rollout.template = Template.of(env.cloudrun, state.image)
-    rollout.save()
-    return finish_rollout(rollout, spec)
+    rollout.template = Template.of(settings, image)
+    return rollout
 
 
-def finish_rollout(rollout: Rollout, spec: GateSpec) -> PhaseResult:
+def finish_rollout(
+    rollout: Rollout, spec: GateSpec, kinds: frozenset[str] | None = None
+) -> PhaseResult:
+    """Drive the rollout (only steps of `kinds`, when given), then judge and seal its run: a
+    crash is judged (failing) and sealed before it goes on."""
     run = rollout.run
     try:
-        drive(rollout)
+        rollout.save()
+        drive(rollout, kinds)
     except KeyboardInterrupt:
         run.interrupted = True
     except Exception as exc:  # judged (failing) and sealed, then raised: exit 1 (a bug) or 2
@@ -594,6 +650,12 @@ def finish_rollout(rollout: Rollout, spec: GateSpec) -> PhaseResult:
     )
     if state.phase == "rolled_back":
         run.error("rollback", f"rolled back: {state.reason}")
+    elif state.phase == "rollback_failed":
+        run.error(
+            "rollback",
+            f"{state.reason}: traffic may still reach {state.candidate}; retry with "
+            f"`invoke cloudrun.rollback --state {rollout.state_path}`",
+        )
     return run.finish(spec)
 
 
@@ -613,6 +675,8 @@ def resume(
         raise PipelineError(
             f"{state_path}: the rollout already ended ({state.phase}); nothing to resume"
         )
+    if state.phase == "rollback_failed":
+        state = replace(state, phase="rollback")  # resume and rollback both retry it
     if action == "rollback":
         if not state.stable:
             raise PipelineError(
@@ -715,46 +779,24 @@ def deploy_only(
     endpoint: str | None = None,
     view: View | None = None,
     receipts: str | Path | None = None,
+    api_factory: Callable[[Env, str | None], CloudRun] | None = None,
+    backend_factory: Callable[[Env, str | None], Backend] | None = None,
 ) -> PhaseResult:
     """`cloudrun.deploy`: preflight, deploy tagged with no traffic, smoke the tag; the rollout
     state is saved, so `cloudrun.resume` carries on with the canary steps."""
-    settings = env.cloudrun
-    info = releases.inspect(Path(tarball))
-    preflight_facts = preflight(info.sha256, env)
-    api = RunV2(settings, endpoint=endpoint)
-    run = PhaseRun("week5", env, receipts_path=receipts, view=view)
-    run.begin(
-        info.as_receipt(),
-        endpoint=endpoint or "run.googleapis.com",
+    rollout = open_rollout(
+        tarball,
+        env,
+        endpoint=endpoint,
+        receipts=receipts,
+        view=view,
+        api_factory=api_factory,
+        backend_factory=backend_factory,
         action="deploy",
-        preflight=preflight_facts,
     )
-    state = fresh(
-        run.writer.run_id,
-        settings.service,
-        endpoint,
-        image_for(env, info),
-        info.sha256,
-        info.version,
-        settings.tag,
-        list(settings.canary_steps),
-    )
-    rollout = Rollout(
-        run, api, env, default_backend(env, endpoint), run.path.parent / "rollout.json", state
-    )
-    rollout.template = Template.of(settings, state.image)
-    for kind in ("deploy", "smoke"):
-        step = Step(kind)
-        outcome: dict[str, Any] = {}
-        with run.stage(kind) as stage:
-            outcome = ACTIONS[kind](rollout)
-        rollout.state = advance(rollout.state, step, stage.passed, reason=stage.reason, **outcome)
-        rollout.save()
-        if not stage.passed:
-            break
     spec = parse_gate(
         "deploy",
         {"stages.failed": ["count == 0"], "smoke.passed": ["count == 5"]},
         "cloudrun.deploy",
     )
-    return run.finish(spec)
+    return finish_rollout(rollout, spec, frozenset({"deploy", "smoke"}))
