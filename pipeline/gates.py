@@ -56,6 +56,9 @@ class Threshold:
     def label(self) -> str:
         return f"p({self.pct:g})" if self.agg == "p" else self.agg
 
+    def holds(self, measured: float) -> bool:
+        return _OPS[self.op](measured, self.value)
+
 
 def parse_threshold(text: str) -> Threshold:
     """`AGG OP NUMBER`; raises ValueError saying what is wrong."""
@@ -580,7 +583,7 @@ def evaluate(
             elif measured is None:
                 results.append(Result(key.source, threshold.source, None, False, 0, "no data"))
             else:
-                ok = _OPS[threshold.op](measured, threshold.value)
+                ok = threshold.holds(measured)
                 results.append(Result(key.source, threshold.source, measured, ok, len(values)))
     passed = reason is None and bool(results) and all(r.passed for r in results)
     return Verdict(spec.name, passed, tuple(results), reason)

@@ -290,3 +290,94 @@ def test_a_deploy_failure_is_told_from_a_failed_call(exc, deploy_failure):
 
     kind, _, message = exc.partition(":")
     assert is_deploy_failure(getattr(gexc, kind)(message or "no")) is deploy_failure
+
+
+class _Backend:
+    """In-flight counts of one revision as the platform reports them, one reading per call."""
+
+    def __init__(self, readings):
+        self.readings = list(readings)
+
+    def revisions(self, window_s=None):
+        value = self.readings.pop(0) if len(self.readings) > 1 else self.readings[0]
+        return None if value is None else {"svc-00001-abc": {"inflight": value}}
+
+
+@pytest.mark.parametrize(
+    ("readings", "how", "waited"),
+    [
+        ([3, 2, 0], "in-flight reached 0", 0.1),
+        ([None], "drain window of 2 s elapsed", 2.0),  # no figures: never "drained" at once
+        ([5], None, 2.0),
+    ],
+    ids=["reaches-zero", "no-figures-waits-the-window", "still-busy"],
+)
+def test_a_drain_waits_for_figures_or_the_whole_window(readings, how, waited):
+    from pipeline.cloudrun.ops import wait_drained
+
+    now = [0.0]
+
+    def sleep(seconds):
+        now[0] += seconds
+
+    got = wait_drained(_Backend(readings), "svc-00001-abc", 2.0, sleep=sleep, clock=lambda: now[0])
+    assert got == how
+    assert now[0] == pytest.approx(waited, abs=0.06)
+
+
+def test_a_canary_window_without_requests_fails_even_with_count_rules_only(tmp_path):
+    """Deploy and traffic receipts are evidence for the file, not for the window."""
+    from pipeline import config
+    from pipeline.gates import check
+    from pipeline.phases.week5 import window_gate
+    from pipeline.receipts import ReceiptWriter
+
+    env = config.load_env("cloudrun-local")
+    env = env.model_copy(update={"gates": {**env.gates, "canary": {"errors": ["count == 0"]}}})
+    spec = window_gate(env, "canary-10-bake")
+
+    def window(path, stage):
+        with ReceiptWriter(path, run_id="r", phase="week5") as w:
+            w.write("run")
+            w.write("deploy", "deploy", revision="svc-00002-abc")
+            w.write("traffic", "canary-10", percent=10)
+            w.write("request", stage, endpoint="/health", latency_ms=3.0, passed=True)
+        return check(path, spec, require_seal=False)
+
+    empty = window(tmp_path / "empty.jsonl", "smoke")
+    assert not empty.passed
+    (failure,) = empty.failures
+    assert (failure.metric, failure.expression) == (
+        "http.latency_ms{stage:canary-10-bake}",
+        "count > 0",
+    )
+    assert window(tmp_path / "baked.jsonl", "canary-10-bake").passed
+
+
+LATENCY = {"count": 80, "avg": 12.0, "p50": 10.0, "p95": 40.0, "p99": 90.0, "max": 120.0}
+
+
+@pytest.mark.parametrize(
+    ("rule", "problem"),
+    [
+        ("p(95) < 250", None),
+        ("p(95) < 30", "svc-00002-abc p(95) 40 ms (needs p(95) < 30)"),
+        ("max >= 200", "svc-00002-abc max 120 ms (needs max >= 200)"),  # any operator
+        ("med == 10", None),
+        ("p(90) < 250", "svc-00002-abc p(90): not measured per revision"),
+        ("min > 0", "svc-00002-abc min: not measured per revision"),
+        ("count > 1000", None),  # the window's count, judged by its own verdict
+    ],
+    ids=["p95-ok", "p95-high", "max-ge", "med", "p90-unmeasured", "min-unmeasured", "count"],
+)
+def test_the_candidates_own_latency_is_judged_by_every_rule(rule, problem):
+    from pipeline.gates import parse_gate
+    from pipeline.phases.week5 import revision_latency_problems
+
+    spec = parse_gate("canary", {"http.latency_ms": [rule]}, "t.toml")
+    problems = revision_latency_problems(spec, LATENCY, "svc-00002-abc")
+    if problem is None:
+        assert problems == []
+    else:
+        (only,) = problems
+        assert only.startswith(problem)

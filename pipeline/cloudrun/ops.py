@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from pipeline.cloudrun.client import Route, RunV2
@@ -108,21 +110,9 @@ def drain(env: Env, endpoint: str | None, revision: str, backend: Any, timeout: 
         raise PipelineError(
             f"{revision} still gets {service.percent_of(revision)} % of the traffic: shift it away first"
         )
-    try:
-        poll(
-            lambda: (
-                True
-                if (backend.revisions() or {}).get(revision, {}).get("inflight", 0) == 0
-                else None
-            ),
-            timeout=timeout,
-            interval=0.05,
-            what=f"{revision} to drain",
-        )
-    except WaitTimeout:
-        raise PipelineError(
-            f"{revision} still has requests in flight after {timeout:g} s"
-        ) from None
+    how = wait_drained(backend, revision, timeout)
+    if how is None:
+        raise PipelineError(f"{revision} still has requests in flight after {timeout:g} s")
     kept = [
         r
         for r in service.traffic
@@ -130,4 +120,36 @@ def drain(env: Env, endpoint: str | None, revision: str, backend: Any, timeout: 
     ]
     if len(kept) != len(service.traffic):
         api.set_traffic([r for r in kept if r.percent or r.tag])
-    return f"{revision} drained: no requests in flight, tag removed"
+    return f"{revision} drained ({how}), tag removed"
+
+
+def wait_drained(
+    backend: Any,
+    revision: str,
+    timeout: float,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> str | None:
+    """How `revision` drained: its in-flight count reached 0, or — where the platform gives no
+    in-flight figures (`backend.revisions()` is None) — the whole drain window ran out. None:
+    requests were still in flight after `timeout`. Never "drained" for want of data."""
+
+    def drained() -> bool | None:
+        seen = backend.revisions()
+        if seen is None:
+            return None
+        return True if seen.get(revision, {}).get("inflight", 0) == 0 else None
+
+    try:
+        poll(
+            drained,
+            timeout=timeout,
+            interval=0.05,
+            what=f"{revision} to drain",
+            sleep=sleep,
+            clock=clock,
+        )
+    except WaitTimeout:
+        return None if backend.revisions() is not None else f"drain window of {timeout:g} s elapsed"
+    return "in-flight reached 0"

@@ -20,6 +20,7 @@ from pipeline import receipts as receipt_log
 from pipeline import release as releases
 from pipeline import verdicts
 from pipeline.cloudrun.client import CloudRun, DeployFailed, Route, RunV2, Template
+from pipeline.cloudrun.ops import wait_drained
 from pipeline.cloudrun.rollout import (
     RolloutState,
     Step,
@@ -233,12 +234,18 @@ def shift(r: Rollout, percent: int) -> Any:
 
 
 def window_gate(env: Env, stage: str) -> GateSpec:
-    """The `[gates.canary]` thresholds, judged on the receipts of one window only."""
+    """The `[gates.canary]` thresholds, judged on the receipts of one window only; a window
+    without a single request fails, whatever the table asks (count rules alone would pass it)."""
     table = env.gates.get("canary")
     if not table:
         raise PipelineError(f"{env.path}: no [gates.canary] table for the canary steps")
     source = env.sources.get("gates.canary", str(env.path))
-    scoped = {_in_window(key, stage): exprs for key, exprs in table.items()}
+    scoped: dict[str, list[str]] = {}
+    for key, exprs in table.items():
+        scoped.setdefault(_in_window(key, stage), []).extend(
+            [exprs] if isinstance(exprs, str) else exprs
+        )
+    scoped.setdefault(_in_window("http.latency_ms", stage), []).append("count > 0")
     return parse_gate(f"canary:{stage}", scoped, source)
 
 
@@ -314,22 +321,28 @@ def revision_window(
 def revision_latency_problems(
     spec: GateSpec, latency: dict[str, Any], revision: str | None
 ) -> list[str]:
-    """The window's latency thresholds applied to the candidate's own percentiles (the backend
-    measures per revision what the client sees mixed)."""
-    problems: list[str] = []
+    """The window's latency thresholds applied to the candidate's own figures (the backend
+    measures per revision what the client sees mixed). Count rules are about the window's
+    requests, not the candidate's share, and stay with the window's verdict; an aggregation the
+    backend does not give fails (it would otherwise never be judged per revision)."""
     if not latency.get("count"):
-        return problems
+        return []
+    problems: list[str] = []
     for key, thresholds in spec.rules:
         if key.name != "http.latency_ms":
             continue
         for threshold in thresholds:
-            label = {"p": f"p{threshold.pct:g}", "avg": "avg", "max": "max", "med": "p50"}.get(
-                threshold.agg
-            )
-            value = latency.get(label or "")
-            if value is None or threshold.op not in ("<", "<="):
+            if threshold.agg == "count":
                 continue
-            if not (value < threshold.value if threshold.op == "<" else value <= threshold.value):
+            name = f"p{threshold.pct:g}" if threshold.agg == "p" else threshold.agg
+            name = "p50" if name == "med" else name
+            value = latency.get(name)
+            if value is None:
+                given = ", ".join(k for k in latency if k != "count")
+                problems.append(
+                    f"{revision} {threshold.label}: not measured per revision (given: {given})"
+                )
+            elif not threshold.holds(value):
                 problems.append(
                     f"{revision} {threshold.label} {value:g} ms (needs {threshold.source})"
                 )
@@ -381,27 +394,11 @@ def do_drain(r: Rollout) -> dict[str, Any]:
         return {"note": "first deployment: nothing to drain"}
     began = time.monotonic()
 
-    def drained() -> bool | None:
-        seen = r.backend.revisions()
-        if seen is None:
-            return None  # no backend: the configured drain window runs out instead
-        return True if seen.get(old, {}).get("inflight", 0) == 0 else None
-
-    try:
-        poll(
-            drained,
-            timeout=r.settings.drain_timeout_s,
-            interval=0.05,
-            what=f"{old} to drain",
-            sleep=r.sleep,
+    how = wait_drained(r.backend, old, r.settings.drain_timeout_s, sleep=r.sleep)
+    if how is None:
+        raise StageFailed(
+            f"{old} still had requests in flight after {r.settings.drain_timeout_s:g} s"
         )
-        how = "in-flight reached 0"
-    except WaitTimeout:
-        if r.backend.revisions() is not None:
-            raise StageFailed(
-                f"{old} still had requests in flight after {r.settings.drain_timeout_s:g} s"
-            ) from None
-        how = f"drain window of {r.settings.drain_timeout_s:g} s elapsed"
     deleted = []
     if r.settings.delete_old_revisions:
         service = r.api.get_service()
