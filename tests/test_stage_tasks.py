@@ -151,3 +151,33 @@ def test_inspect_and_extract(reference_tarball, tmp_path):
     assert receipts.verify(out).ok and f"root: {record['root']}" in extracted.stdout
     refused = invoke("release.extract", "--tarball", str(reference_tarball()), "--dest", str(dest))
     assert refused.returncode == 2 and refused.stderr.startswith("error:")
+
+
+def test_a_failure_after_the_release_is_ready_stops_it(reference_tarball, monkeypatch):
+    """Ready, then something fails before the state file names the release (here: reading its
+    create time): nothing may keep running that release.stop could not find."""
+    import pytest
+
+    from pipeline import config
+    from pipeline.phases import standalone
+
+    started: list[tuple[subprocess.Popen, Path]] = []
+    real_popen = subprocess.Popen
+
+    def popen(command, *args, **kwargs):
+        proc = real_popen(command, *args, **kwargs)
+        if str(command[0]).endswith("bin/tai_autonomics"):  # the release, started in <workdir>/tmp
+            started.append((proc, Path(kwargs["cwd"]).parent))
+        return proc
+
+    def broken(pid):
+        raise psutil.AccessDenied(pid)
+
+    monkeypatch.setattr(standalone.subprocess, "Popen", popen)
+    monkeypatch.setattr(standalone.psutil, "Process", broken)
+    with pytest.raises(psutil.AccessDenied):
+        standalone.start_background(reference_tarball(), config.load_env("local"), port=0)
+    ((proc, workdir),) = started
+    assert proc.returncode is not None  # killed and reaped
+    assert not workdir.exists()
+    assert invoke("release.stop").returncode == 2, "nothing was registered"

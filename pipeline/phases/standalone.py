@@ -3,7 +3,6 @@ the background, smoke a URL, load it, monitor a pid. Each writes a sealed receip
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -258,6 +257,8 @@ def start_background(tarball: Path, env: Env, *, port: int | None = None) -> dic
             )
     info = releases.inspect(tarball)
     workdir = Path(tempfile.mkdtemp(prefix="taiea-release-"))
+    proc: subprocess.Popen[bytes] | None = None
+    recorded = False  # once the state file names it, the release is release.stop's to end
     try:
         release = releases.extract(
             tarball,
@@ -315,11 +316,14 @@ def start_background(tarball: Path, env: Env, *, port: int | None = None) -> dic
         }
         state_file.parent.mkdir(parents=True, exist_ok=True)
         state_file.write_text(json.dumps(state, indent=2))
+        recorded = True
         return state
     except BaseException:
-        with contextlib.suppress(PipelineError):
-            if (_read_state() or {}).get("workdir") != str(workdir):
-                shutil.rmtree(workdir, ignore_errors=True)
+        if not recorded:
+            if proc is not None and proc.poll() is None:
+                _kill(proc.pid)
+                proc.wait()
+            shutil.rmtree(workdir, ignore_errors=True)
         raise
 
 
