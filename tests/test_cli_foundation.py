@@ -70,7 +70,7 @@ FAILING = [100] * 18 + [900, 1000]  # p(95) = 905 ms
 # invoke --list
 
 
-HEAVY = ("google", "grpc", "aiohttp", "fabric", "paramiko", "pydantic", "requests", "numpy")
+HEAVY = ("google", "grpc", "aiohttp", "fabric", "paramiko", "pydantic", "requests", "numpy", "rich")
 
 
 def test_list_shows_the_collections_and_loads_no_heavy_package() -> None:

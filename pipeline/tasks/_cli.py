@@ -6,12 +6,14 @@ import contextlib
 import math
 import operator
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from invoke.exceptions import Exit
-from rich.console import Console
 
 from pipeline.errors import GateFailed, PipelineError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @contextlib.contextmanager
@@ -69,6 +71,8 @@ def number(
 
 def human_console(json_mode: bool) -> Console:
     """The human view: stdout normally, stderr when --json keeps stdout for JSON lines."""
+    from rich.console import Console
+
     return Console(stderr=json_mode, highlight=False, soft_wrap=True)  # paths stay whole
 
 
