@@ -207,6 +207,8 @@ def monitor(
                 stage.fail(f"process {pid} exited during the window")
             except WaitTimeout:
                 pass  # the window ran its course with the process alive
+        if watching.failure:
+            stage.fail(watching.failure)
         stage.note = f"{watching.samples} samples, peak {watching.peak_rss_mb:.1f} MB"
     return watching.peak_rss_mb, watching.samples, _close(run)
 

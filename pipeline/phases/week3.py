@@ -177,6 +177,8 @@ class LiveRelease:
         """Stop the monitor and the release; a `shutdown` and a `capture` receipt."""
         if self.monitor is not None:
             self.monitor.__exit__(None, None, None)
+            if self.monitor.failure:
+                self.run.error("monitor", self.monitor.failure)
         if self.instance is None:
             return
         instance = self.instance

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -422,14 +421,13 @@ def do_drain(r: Rollout) -> dict[str, Any]:
 
 def do_production(r: Rollout) -> dict[str, Any]:
     """Gate 4's load through the service URL, with the serving revision's instances sampled."""
-    from pipeline.probes.monitor import sample_loop
+    from pipeline.probes.monitor import Monitor
 
     service = r.api.get_service()
     assert service is not None
     plan = LoadPlan(r.settings.production_rate, r.settings.production_s)
     revision = r.state.candidate
     concurrency = r.settings.concurrency or 80
-    stop = threading.Event()
     peak = {"instances": 0}
 
     def sample() -> None:
@@ -465,20 +463,13 @@ def do_production(r: Rollout) -> dict[str, Any]:
 
         return Stats(0, 0.0)
 
-    sampler = threading.Thread(
-        target=sample_loop,
-        args=(read, lambda s: None),
-        kwargs={"interval": 0.5, "stop": stop},
-        daemon=True,
-    )
-    if not isinstance(r.backend, NoBackend):
-        sampler.start()
-    try:
+    if isinstance(r.backend, NoBackend):
         run_load_stage(r.run, service.uri, plan, stage_name="production-load")
-    finally:
-        stop.set()
-        if sampler.is_alive():
-            sampler.join()
+    else:
+        with Monitor(read, lambda s: None, interval=0.5) as sampler:
+            run_load_stage(r.run, service.uri, plan, stage_name="production-load")
+        if sampler.failure:
+            r.run.error("production", f"instance metrics: {sampler.failure}")
     return {
         "instances": peak["instances"],
         "note": f"peak {peak['instances']} instance(s) of {revision}",

@@ -50,7 +50,10 @@ def sample_loop(
 
 
 class Monitor:
-    """`with Monitor(instance.stats, on_sample, interval=0.25):` samples in the background."""
+    """`with Monitor(instance.stats, on_sample, interval=0.25):` samples in the background.
+
+    A read that raises ends the sampling; `failure` then says why, for the caller to record
+    (the samples taken so far would otherwise pass for the whole window)."""
 
     def __init__(
         self, read: Callable[[], Stats], on_sample: Callable[[Sample], None], *, interval: float
@@ -58,18 +61,20 @@ class Monitor:
         self._stop = threading.Event()
         self.peak_rss_mb = 0.0
         self.samples = 0
+        self.failure: str | None = None
 
         def record(sample: Sample) -> None:
             self.peak_rss_mb = max(self.peak_rss_mb, sample.rss_mb)
             self.samples += 1
             on_sample(sample)
 
-        self._thread = threading.Thread(
-            target=sample_loop,
-            args=(read, record),
-            kwargs={"interval": interval, "stop": self._stop},
-            daemon=True,
-        )
+        def sample() -> None:
+            try:
+                sample_loop(read, record, interval=interval, stop=self._stop)
+            except Exception as exc:
+                self.failure = f"sampling stopped after {self.samples} samples: {exc!r}"
+
+        self._thread = threading.Thread(target=sample, daemon=True)
 
     def __enter__(self) -> Monitor:
         self._thread.start()
