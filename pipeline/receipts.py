@@ -672,6 +672,22 @@ def ledger_path() -> Path:
     return runs_dir() / "gates.jsonl"
 
 
+def verify_file(path: Path, *, unsealed: bool = False) -> Verification:
+    """receipts.verify: a run's file must end with its seal unless `unsealed`; a ledger — its
+    records are verdicts of phase `ledger`, and it goes on across runs — never has one. What a
+    file is comes from its first record, not its name."""
+    return verify(path, require_seal=not (unsealed or _is_ledger(path)))
+
+
+def _is_ledger(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            first = orjson.loads(fh.readline())
+    except (OSError, orjson.JSONDecodeError):
+        return False  # verify() says what is wrong with it
+    return isinstance(first, dict) and (first.get("phase"), first.get("kind")) == ("ledger", "gate")
+
+
 def _last_line(fh: BinaryIO) -> bytes:
     fh.seek(0, os.SEEK_END)
     end = fh.tell()

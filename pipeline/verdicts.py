@@ -13,7 +13,9 @@ from pipeline import receipts
 from pipeline.gates import GateSpec, Verdict, check
 
 
-def ledger_entry(verdict: Verdict, path: Path, *, source: str) -> dict[str, Any]:
+def ledger_entry(
+    verdict: Verdict, path: Path, *, source: str, sealed: bool = True
+) -> dict[str, Any]:
     verification = verdict.verification
     run = (verification.run if verification else None) or {}
     release = run.get("release") or {}
@@ -28,13 +30,16 @@ def ledger_entry(verdict: Verdict, path: Path, *, source: str) -> dict[str, Any]
         "release_sha256": release.get("sha256"),
         "release_version": release.get("version"),
         "source": source,
+        "sealed": sealed,  # False: judged with --unsealed (week 5 judges it again, sealed)
     }
 
 
 def judge_file(path: str | Path, spec: GateSpec, *, require_seal: bool = True) -> Verdict:
     """gate.check: verify, judge, append the verdict to the ledger."""
     verdict = check(path, spec, require_seal=require_seal)
-    receipts.append_ledger(ledger_entry(verdict, Path(path), source="gate.check"))
+    receipts.append_ledger(
+        ledger_entry(verdict, Path(path), source="gate.check", sealed=require_seal)
+    )
     return verdict
 
 

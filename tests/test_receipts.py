@@ -836,3 +836,29 @@ def test_sealing_while_other_threads_still_write_keeps_the_file_valid(tmp_path: 
         result = receipts.verify(path)
         assert result.ok, result.describe()
         assert result.count == seal["count"] and len(refused) == 2
+
+
+@pytest.mark.parametrize(
+    ("what", "unsealed", "ok"),
+    [
+        ("ledger", False, True),  # the ledger goes on across runs: never sealed
+        ("unsealed-run", False, False),  # named gates.jsonl, still a run: its seal is missing
+        ("unsealed-run", True, True),
+        ("sealed-run", False, True),
+    ],
+    ids=["ledger", "run-named-like-the-ledger", "run-unsealed-asked", "sealed-run"],
+)
+def test_verify_file_knows_a_ledger_by_its_records_not_its_name(
+    tmp_path: Path, what: str, unsealed: bool, ok: bool
+) -> None:
+    path = tmp_path / "gates.jsonl"
+    if what == "ledger":
+        receipts.append_ledger({"gate": "week3", "passed": True}, path)
+        receipts.append_ledger({"gate": "week4", "passed": False}, path)
+    else:
+        with ReceiptWriter(path, run_id="r", phase="week3") as w:
+            w.write("run")
+            w.write("request", "load", latency_ms=1.0, passed=True)
+            if what == "sealed-run":
+                w.seal()
+    assert receipts.verify_file(path, unsealed=unsealed).ok is ok
