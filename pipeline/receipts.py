@@ -289,10 +289,13 @@ def iter_records(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def receipts_file(path: str | Path) -> Path:
-    """A receipts file the user named, or one line saying why it is none (bad input, exit 2)."""
+    """A receipts file the user named (a run's directory stands for its receipts.jsonl), or one
+    line saying why it is none (bad input, exit 2)."""
     path = Path(path)
     if path.is_dir():
-        raise PipelineError(f"{path}: a directory, not a receipts file")
+        if (path / "receipts.jsonl").is_file():
+            return path / "receipts.jsonl"
+        raise PipelineError(f"{path}: a directory with no receipts.jsonl, not a receipts file")
     if not path.is_file():
         raise PipelineError(f"{path}: no such receipts file")
     return path
@@ -301,7 +304,7 @@ def receipts_file(path: str | Path) -> Path:
 def select(path: Path, kind: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
     """The records of one kind (all without `kind`), at most `limit`; a kind the file does not
     hold is an error naming the kinds it does (a typo shows at once)."""
-    receipts_file(path)
+    path = receipts_file(path)
     chosen: list[dict[str, Any]] = []
     seen: set[str] = set()
     for record in iter_records(path):

@@ -179,7 +179,10 @@ def test_gate_check_bad_input_exits_2_with_one_error_line(tmp_path: Path) -> Non
         invoke("gate.check", "--gate", "week3", "--receipts", str(path), "--env", str(not_toml))
     )
     folder = invoke("gate.check", "--gate", "week3", "--receipts", str(tmp_path))
-    assert assert_bad_input(folder) == f"error: {tmp_path}: a directory, not a receipts file"
+    assert (
+        assert_bad_input(folder)
+        == f"error: {tmp_path}: a directory with no receipts.jsonl, not a receipts file"
+    )
     no_env = invoke("gate.check", "--gate", "week3", "--receipts", str(path), "--env", "nosuch")
     assert "nosuch.toml: no such env file" in assert_bad_input(no_env)
     assert not (runs_dir() / "gates.jsonl").exists()  # bad input is not a verdict
@@ -221,10 +224,14 @@ BAD_NUMBERS = [
     ("monitor pid", ["monitor", "--pid", "abc"], "--pid"),
     ("monitor seconds", ["monitor", "--pid", "1", "--seconds", "-1"], "--seconds"),
     ("scale max", ["cloudrun.scale", "--max-instances", "0"], "--max-instances"),
-    ("drain timeout", ["cloudrun.drain", "r", "--timeout", "x"], "--timeout"),
+    ("drain timeout", ["cloudrun.drain", "--revision", "r", "--timeout", "x"], "--timeout"),
     ("release.start port", ["release.start", "--tarball", "x", "--port", "-1"], "--port"),
     ("release.stop grace", ["release.stop", "--grace", "-1"], "--grace"),
-    ("pilot operations", ["pilot.generate", "acme", "--operations", "0"], "--operations"),
+    (
+        "pilot operations",
+        ["pilot.generate", "--tenant", "acme", "--operations", "0"],
+        "--operations",
+    ),
     ("emulator port", ["emulator.start", "--port", "abc"], "--port"),
     ("emulator timeout", ["emulator.stop", "--timeout", "never"], "--timeout"),
 ]
@@ -265,7 +272,7 @@ BAD_PATHS = [
      "{dir}: cannot read the rollout state"),
     ("rollout state binary", ["cloudrun.rollback", "--state", "{binary}"],
      "{binary}: cannot read the rollout state: not UTF-8 text"),
-    ("scenario out a directory", ["pilot.generate", "acme", "--out", "{dir}"],
+    ("scenario out a directory", ["pilot.generate", "--tenant", "acme", "--out", "{dir}"],
      "{dir}: cannot write the scenario"),
     ("emulator state a file", ["emulator.status", "--state-dir", "{file}"],
      "{file}: the emulator's state dir is not a directory"),
@@ -366,3 +373,55 @@ def test_tasks_module_is_the_only_entry_point() -> None:
         [sys.executable, "-m", "invoke", "--list"], cwd=REPO, capture_output=True, text=True
     )
     assert result.returncode == 0 and "gate.check" in result.stdout
+
+
+HELP_AFTER_TASK = [
+    ("phase2.week3", "--help"),
+    ("phase2.week3", "-h"),  # not --host: weeks 2-4 have no short flags
+    ("phase2.week5", "--help"),
+    ("gate.check", "--help"),
+    ("release.extract", "--help"),
+    ("cloudrun.deploy", "--help"),
+    ("receipts.verify", "--help"),  # a positional path: the help is shown all the same
+    ("receipts.show", "-h"),
+    ("pilot.validate", "--help"),
+]
+
+
+@pytest.mark.parametrize(
+    ("task", "flag"), HELP_AFTER_TASK, ids=[" ".join(h) for h in HELP_AFTER_TASK]
+)
+def test_help_after_the_task_name_shows_its_help(task: str, flag: str) -> None:
+    result = invoke(task, flag)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith(f"Usage: inv[oke] [--core-opts] {task} ")
+    assert "Options:" in result.stdout and "error" not in result.stderr
+
+
+MISSING = [
+    (["phase2.week3"], "--tarball is required (invoke --help phase2.week3)"),
+    (["phase2.all"], "--tarball is required (invoke --help phase2.all)"),
+    (["gate.check", "--gate", "week3"], "--receipts is required (invoke --help gate.check)"),
+    (
+        ["release.extract", "--tarball", "t.tar.gz"],
+        "--dest is required (invoke --help release.extract)",
+    ),
+    (["cloudrun.shift"], "--to is required (invoke --help cloudrun.shift)"),
+    (
+        ["receipts.verify", "--unsealed", "-x"],
+        "-x: a flag where receipts.verify expects a path (invoke --help receipts.verify)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "said"), MISSING, ids=[" ".join(m[0]) for m in MISSING])
+def test_a_missing_required_flag_is_one_line(args: list[str], said: str) -> None:
+    assert assert_bad_input(invoke(*args)) == f"error: {said}"
+
+
+def test_a_run_directory_stands_for_its_receipts(tmp_path: Path) -> None:
+    run = tmp_path / "20261128T000000Z-week3-abcdef"
+    run.mkdir()
+    write_run(run / "receipts.jsonl")
+    assert invoke("receipts.verify", str(run)).returncode == 0
+    assert invoke("gate.check", "--gate", "week3", "--receipts", str(run)).returncode == 0

@@ -604,3 +604,12 @@ def test_collector_sees_the_same_with_projected_and_whole_records(tmp_path: Path
     got = {k: list(v) for k, v in projected.values().items()}
     assert got == {k: list(v) for k, v in whole.values().items()}
     assert all(got[name] for name in gates.REGISTRY), [n for n in gates.REGISTRY if not got[n]]
+
+
+def test_a_gate_over_another_weeks_run_is_bad_input_not_a_verdict(tmp_path: Path, week3) -> None:
+    from pipeline.errors import PipelineError
+
+    path = write_run(tmp_path / "r.jsonl", phase="week4")
+    with pytest.raises(PipelineError, match=r"a week4 run, not a week3 one \(--gate week4"):
+        verdicts.judge_file(path, week3)
+    assert not receipts.ledger_path().exists()

@@ -408,7 +408,7 @@ def test_invoke_report_writes_where_asked_and_prints_the_paths(runs, tmp_path):
     [
         ((), "--receipts FILE is required"),
         (("--receipts", "{tmp}/nothing.jsonl"), "{tmp}/nothing.jsonl: no such receipts file"),
-        (("--receipts", "{tmp}"), "{tmp}: a directory, not a receipts file"),
+        (("--receipts", "{tmp}"), "{tmp}: a directory with no receipts.jsonl, not a receipts file"),
         (("--receipts", "{good}", "--env", "nope"), "nope.toml: no such env file"),
         (("--receipts", "{good}", "--html", "{good}"), "--html would overwrite receipts"),
         (("--receipts", "{good}", "--junit", "{tmp}/other.jsonl"), "--junit would overwrite"),

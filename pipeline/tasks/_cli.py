@@ -29,6 +29,29 @@ def exit_codes() -> Iterator[None]:
         raise Exit("interrupted", code=130) from None
 
 
+def required(flag: str, value: Any, task: str) -> Any:
+    """A flag the task cannot run without. Tasks declare no positional arguments (invoke would
+    take `--help` after the task name as their value), so the check is here: one line, exit 2."""
+    if value is None or value == "":
+        raise PipelineError(f"{flag} is required (invoke --help {task})")
+    return value
+
+
+def positional(value: Any, task: str) -> Any:
+    """The value of a positional argument: invoke hands it `--help` or `-h` typed after the task
+    name, so show the task's help as invoke would (exit 0); another flag-like value is one line,
+    exit 2."""
+    if isinstance(value, str) and value in ("--help", "-h"):
+        import subprocess
+        import sys
+
+        done = subprocess.run([sys.argv[0], "--help", task], check=False)
+        raise Exit(code=done.returncode)
+    if isinstance(value, str) and value.startswith("-"):
+        raise PipelineError(f"{value}: a flag where {task} expects a path (invoke --help {task})")
+    return value
+
+
 _HOLDS = {">": operator.gt, ">=": operator.ge, "<=": operator.le}
 
 

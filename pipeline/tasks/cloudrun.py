@@ -2,7 +2,14 @@
 
 from invoke import Collection, task
 
-from pipeline.tasks._cli import exit_codes, finish_phase, human_console, number, phase_view
+from pipeline.tasks._cli import (
+    exit_codes,
+    finish_phase,
+    human_console,
+    number,
+    phase_view,
+    required,
+)
 
 ENV_HELP = "env name or path (default cloudrun-local: the emulator; cloudrun-prod: Google)"
 ENDPOINT_HELP = "Cloud Run API endpoint, overriding the env file (or PIPELINE_CLOUDRUN_ENDPOINT)"
@@ -70,11 +77,13 @@ def status(c, env="cloudrun-local", endpoint=None, json=False):
         "tarball": "the release tarball (its Gate 2 and Gate 3 must have passed)",
         "env": ENV_HELP,
         "endpoint": ENDPOINT_HELP,
-    }
+    },
+    positional=[],
 )
 def deploy(c, tarball, env="cloudrun-local", endpoint=None):
     """Preflight, then deploy a new revision tagged `candidate` with no traffic, and smoke it."""
     with exit_codes():
+        tarball = required("--tarball", tarball, "cloudrun.deploy")
         from pipeline.phases.week5 import deploy_only
 
         environment, where, _ = _where(env, endpoint)
@@ -87,11 +96,13 @@ def deploy(c, tarball, env="cloudrun-local", endpoint=None):
         "to": "the split, REV=PCT[,REV=PCT…] summing to 100 (REV may be `latest`)",
         "env": ENV_HELP,
         "endpoint": ENDPOINT_HELP,
-    }
+    },
+    positional=[],
 )
 def shift(c, to, env="cloudrun-local", endpoint=None):
     """Set the traffic split and verify what the service reports."""
     with exit_codes():
+        to = required("--to", to, "cloudrun.shift")
         from pipeline.cloudrun import ops
 
         environment, where, _ = _where(env, endpoint)
@@ -138,11 +149,13 @@ def scale(
         "timeout": "seconds to wait for in-flight requests (default 60)",
         "env": ENV_HELP,
         "endpoint": ENDPOINT_HELP,
-    }
+    },
+    positional=[],
 )
 def drain(c, revision, timeout=None, env="cloudrun-local", endpoint=None):
     """Wait until a revision at 0 % has no request in flight, then remove its tag."""
     with exit_codes():
+        revision = required("--revision", revision, "cloudrun.drain")
         from pipeline.cloudrun import ops
 
         timeout = number("--timeout", timeout, 60.0, above=0)

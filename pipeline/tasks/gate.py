@@ -4,7 +4,7 @@ import json as jsonlib
 
 from invoke import Collection, task
 
-from pipeline.tasks._cli import exit_codes, human_console
+from pipeline.tasks._cli import exit_codes, human_console, required
 
 
 @task(
@@ -16,16 +16,19 @@ from pipeline.tasks._cli import exit_codes, human_console
         "unsealed": "judge an unfinished run (no seal line) instead of failing it",
     },
     aliases=("judge",),
+    positional=[],
 )
 def check(c, gate, receipts, env="local", json=False, unsealed=False):
-    """Verify a receipts file and judge a gate over it: exit 0 pass, 99 fail, 2 bad input."""
+    """Verify a receipts file, judge a gate over it, add the verdict to runs/gates.jsonl: exit 0 pass, 99 fail, 2 bad input."""
     with exit_codes():
+        gate = required("--gate", gate, "gate.check")
+        receipts = required("--receipts", receipts, "gate.check")
         from pipeline import envfiles, report, verdicts
         from pipeline import receipts as receipt_log
         from pipeline.errors import GateFailed
 
         spec = envfiles.gate_spec(env, gate)  # the rest of the env is not needed to judge
-        receipt_log.receipts_file(receipts)  # bad input (exit 2), not a verdict for the ledger
+        receipts = receipt_log.receipts_file(receipts)  # bad input (exit 2), not a ledger verdict
         verdict = verdicts.judge_file(receipts, spec, require_seal=not unsealed)
         console = human_console(json)
         if verdict.verification is not None:

@@ -2,7 +2,7 @@
 
 from invoke import Collection, task
 
-from pipeline.tasks._cli import exit_codes, human_console, json_echo, number, phase_view
+from pipeline.tasks._cli import exit_codes, human_console, json_echo, number, phase_view, required
 
 
 @task(
@@ -17,6 +17,7 @@ from pipeline.tasks._cli import exit_codes, human_console, json_echo, number, ph
         "json": "print the receipts as JSON lines on stdout; the human view goes to stderr",
     },
     default=True,
+    positional=[],
 )
 def run(
     c,
@@ -31,6 +32,7 @@ def run(
 ):
     """Load a release over its smoke endpoints, a request receipt per request; prints p50/p95/p99."""
     with exit_codes():
+        url = required("--url", url, "load")
         from pipeline import config
         from pipeline.phases import standalone
 

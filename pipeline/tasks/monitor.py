@@ -2,7 +2,7 @@
 
 from invoke import Collection, task
 
-from pipeline.tasks._cli import exit_codes, human_console, json_echo, number, phase_view
+from pipeline.tasks._cli import exit_codes, human_console, json_echo, number, phase_view, required
 
 
 @task(
@@ -14,10 +14,12 @@ from pipeline.tasks._cli import exit_codes, human_console, json_echo, number, ph
         "json": "print the receipts as JSON lines on stdout; the human view goes to stderr",
     },
     default=True,
+    positional=[],
 )
 def run(c, pid, seconds=None, env="local", receipts=None, json=False):
     """A metrics receipt every interval (rss_mb, cpu_percent, band); prints the peak."""
     with exit_codes():
+        pid = required("--pid", pid, "monitor")
         from pipeline import config
         from pipeline.phases import standalone
 

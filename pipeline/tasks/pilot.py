@@ -2,7 +2,7 @@
 
 from invoke import Collection, task
 
-from pipeline.tasks._cli import exit_codes, human_console, number
+from pipeline.tasks._cli import exit_codes, human_console, number, positional, required
 
 
 @task(
@@ -16,12 +16,14 @@ from pipeline.tasks._cli import exit_codes, human_console, number
         "out": "write here (default pilots/<tenant>-<operations>-<seed>.toml); - for stdout",
     },
     aliases=("gen",),
+    positional=[],
 )
 def generate(
     c, tenant, operations=None, seed=None, name=None, price="0.25", currency="USD", out=None
 ):
     """Write a larger pilot scenario whose expectations follow the reference state machine."""
     with exit_codes():
+        tenant = required("--tenant", tenant, "pilot.generate")
         from pathlib import Path
 
         from pipeline import pilots
@@ -49,6 +51,7 @@ def generate(
 def validate(c, scenario):
     """Check a pilot scenario file: exit 0 valid, 2 with the file, step and field when not."""
     with exit_codes():
+        scenario = positional(scenario, "pilot.validate")
         from pipeline import pilots
 
         loaded = pilots.load_scenario(scenario)

@@ -4,7 +4,7 @@ import sys
 
 from invoke import Collection, task
 
-from pipeline.tasks._cli import exit_codes, human_console, number
+from pipeline.tasks._cli import exit_codes, human_console, number, positional
 
 
 @task(
@@ -17,6 +17,7 @@ from pipeline.tasks._cli import exit_codes, human_console, number
 def verify(c, file, unsealed=False):
     """Verify the hash chain: exit 0 verified, 99 broken (first bad line named), 2 unreadable."""
     with exit_codes():
+        file = positional(file, "receipts.verify")
         from pipeline import receipts, report
         from pipeline.errors import GateFailed
 
@@ -38,6 +39,7 @@ def verify(c, file, unsealed=False):
 def show(c, file, kind=None, limit=None, json=False):
     """Show the receipts of a run as a table (no verification: use receipts.verify)."""
     with exit_codes():
+        file = positional(file, "receipts.show")
         from pathlib import Path
 
         import orjson

@@ -5,7 +5,7 @@ Each writes its result as a sealed receipts file of its own, like the phases (`-
 
 from invoke import Collection, task
 
-from pipeline.tasks._cli import exit_codes, human_console, json_echo, number
+from pipeline.tasks._cli import exit_codes, human_console, json_echo, number, required
 
 RECEIPTS_HELP = "where to write the receipts (default runs/<run-id>/receipts.jsonl)"
 JSON_HELP = "print the receipts as JSON lines on stdout; the human view goes to stderr"
@@ -31,10 +31,12 @@ def _record(kind, stage, fields, env, receipts, json):
         "json": JSON_HELP,
     },
     aliases=("validate",),
+    positional=[],
 )
 def inspect(c, tarball, env="local", receipts=None, json=False):
     """Name, version, ERTS, layout, size, file count and sha256 of a tarball (nothing extracted)."""
     with exit_codes():
+        tarball = required("--tarball", tarball, "release.inspect")
         from pathlib import Path
 
         from pipeline import release
@@ -52,11 +54,14 @@ def inspect(c, tarball, env="local", receipts=None, json=False):
         "env": "env whose [release] max_files / max_bytes apply (default local)",
         "receipts": RECEIPTS_HELP,
         "json": JSON_HELP,
-    }
+    },
+    positional=[],
 )
 def extract(c, tarball, dest, env="local", receipts=None, json=False):
     """Safely extract a release: refuses escapes, links out, devices, setuid, size bombs."""
     with exit_codes():
+        tarball = required("--tarball", tarball, "release.extract")
+        dest = required("--dest", dest, "release.extract")
         import time
         from pathlib import Path
 
@@ -86,10 +91,12 @@ def extract(c, tarball, dest, env="local", receipts=None, json=False):
         "json": JSON_HELP,
     },
     aliases=("up",),
+    positional=[],
 )
 def start(c, tarball, env="local", port=None, receipts=None, json=False):
     """Start a release in the background (waits until ready); `release.stop` ends it."""
     with exit_codes():
+        tarball = required("--tarball", tarball, "release.start")
         from pathlib import Path
 
         from pipeline import config

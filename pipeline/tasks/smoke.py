@@ -2,7 +2,7 @@
 
 from invoke import Collection, task
 
-from pipeline.tasks._cli import exit_codes, human_console, json_echo, phase_view
+from pipeline.tasks._cli import exit_codes, human_console, json_echo, phase_view, required
 
 
 @task(
@@ -13,10 +13,12 @@ from pipeline.tasks._cli import exit_codes, human_console, json_echo, phase_view
         "json": "print the receipts as JSON lines on stdout; the human view goes to stderr",
     },
     default=True,
+    positional=[],
 )
 def run(c, url, env="local", receipts=None, json=False):
     """Run the smoke tests concurrently: exit 0 when all pass, 99 otherwise."""
     with exit_codes():
+        url = required("--url", url, "smoke")
         from pipeline import config
         from pipeline.errors import GateFailed
         from pipeline.phases import standalone

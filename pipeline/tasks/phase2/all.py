@@ -2,7 +2,7 @@
 
 from invoke import task
 
-from pipeline.tasks._cli import exit_codes, human_console, number
+from pipeline.tasks._cli import exit_codes, human_console, number, required
 
 
 @task(
@@ -13,10 +13,11 @@ from pipeline.tasks._cli import exit_codes, human_console, number
         "week3_env": "env for week 3 (default local)",
         "week4_env": "env for week 4 (default local)",
         "week5_env": "env for week 5 (default cloudrun-local: the emulator)",
-        "duration": "shorten the load windows of weeks 2 and 3 to this many seconds",
+        "duration": "shorten the load windows of weeks 2 and 3 to this many seconds (at least 2)",
         "endpoint": "Cloud Run API endpoint for week 5 (default: the env file's)",
     },
     aliases=("everything",),
+    positional=[],
 )
 def all_weeks(
     c,
@@ -30,6 +31,7 @@ def all_weeks(
 ):
     """Phase 2 end to end: weeks 2 → 5, each refusing to start without the previous gate's pass."""
     with exit_codes():
+        tarball = required("--tarball", tarball, "phase2.all")
         from pipeline import config, report
         from pipeline.errors import GateFailed
         from pipeline.phases.all import DEFAULT_ENVS, run_all
@@ -38,7 +40,7 @@ def all_weeks(
         envs = {week: config.load_env(chosen[week] or DEFAULT_ENVS[week]) for week in DEFAULT_ENVS}
         console = human_console(False)
         options: dict = {"week5": {"endpoint": endpoint}}
-        window = number("--duration", duration, above=0)
+        window = number("--duration", duration, at_least=2)
         if window is not None:
             options["week2"] = {"duration": window}
             options["week3"] = {"duration": window}

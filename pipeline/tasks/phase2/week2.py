@@ -2,7 +2,7 @@
 
 from invoke import task
 
-from pipeline.tasks._cli import PHASE_HELP, exit_codes, finish_phase, number
+from pipeline.tasks._cli import PHASE_HELP, exit_codes, finish_phase, number, required
 from pipeline.tasks._remote import REMOTE_HELP, run_live_task
 
 
@@ -15,6 +15,8 @@ from pipeline.tasks._remote import REMOTE_HELP, run_live_task
         "duration": "override the load profile's duration (s); down to 2 s for a quick check",
     },
     aliases=("sandbox",),
+    positional=[],
+    auto_shortflags=False,  # -h is help, not --host
 )
 def week2(
     c,
@@ -32,6 +34,7 @@ def week2(
 ):
     """Week 2, sandbox rehearsal: eleven measured stages inside gVisor (runsc), Gate 1."""
     with exit_codes():
+        tarball = required("--tarball", tarball, "phase2.week2")
         from pipeline.errors import GateFailed
         from pipeline.phases.week2 import run_week2
 
@@ -48,7 +51,7 @@ def week2(
             known_hosts=known_hosts,
             accept_new_host_key=accept_new_host_key,
             rate=number("--rate", rate, above=0),
-            duration=number("--duration", duration, above=0),
+            duration=number("--duration", duration, at_least=2),
         )
         try:
             finish_phase(result, console)

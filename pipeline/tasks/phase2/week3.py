@@ -2,7 +2,7 @@
 
 from invoke import task
 
-from pipeline.tasks._cli import PHASE_HELP, exit_codes, finish_phase, number
+from pipeline.tasks._cli import PHASE_HELP, exit_codes, finish_phase, number, required
 from pipeline.tasks._remote import REMOTE_HELP, run_live_task
 
 
@@ -14,6 +14,8 @@ from pipeline.tasks._remote import REMOTE_HELP, run_live_task
         "duration": "override the load profile's duration (s); down to 2 s for a quick check",
     },
     aliases=("live",),
+    positional=[],
+    auto_shortflags=False,  # -h is help, not --host
 )
 def week3(
     c,
@@ -31,6 +33,7 @@ def week3(
 ):
     """Week 3, live integration: extract, start, smoke, load + monitor, stop, Gate 2."""
     with exit_codes():
+        tarball = required("--tarball", tarball, "phase2.week3")
         from pipeline.phases.week3 import run_week3
 
         result, console = run_live_task(
@@ -46,7 +49,7 @@ def week3(
             known_hosts=known_hosts,
             accept_new_host_key=accept_new_host_key,
             rate=number("--rate", rate, above=0),
-            duration=number("--duration", duration, above=0),
+            duration=number("--duration", duration, at_least=2),
         )
         finish_phase(result, console)
 

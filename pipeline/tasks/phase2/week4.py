@@ -2,7 +2,7 @@
 
 from invoke import task
 
-from pipeline.tasks._cli import PHASE_HELP, exit_codes, finish_phase, number
+from pipeline.tasks._cli import PHASE_HELP, exit_codes, finish_phase, number, required
 from pipeline.tasks._remote import REMOTE_HELP, run_live_task
 
 
@@ -14,6 +14,8 @@ from pipeline.tasks._remote import REMOTE_HELP, run_live_task
         "concurrency": "operations in flight at once (each tenant's stay in order); default: the scenario's",
     },
     aliases=("pilot",),
+    positional=[],
+    auto_shortflags=False,  # -h is help, not --host
 )
 def week4(
     c,
@@ -31,6 +33,7 @@ def week4(
 ):
     """Week 4, customer pilot: replay the scenario, check every answer, record revenue, Gate 3."""
     with exit_codes():
+        tarball = required("--tarball", tarball, "phase2.week4")
         from pipeline.phases.week4 import DEFAULT_SCENARIO, run_week4
 
         result, console = run_live_task(

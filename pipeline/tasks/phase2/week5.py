@@ -2,7 +2,14 @@
 
 from invoke import task
 
-from pipeline.tasks._cli import PHASE_HELP, exit_codes, finish_phase, json_echo, phase_view
+from pipeline.tasks._cli import (
+    PHASE_HELP,
+    exit_codes,
+    finish_phase,
+    json_echo,
+    phase_view,
+    required,
+)
 
 
 @task(
@@ -14,10 +21,12 @@ from pipeline.tasks._cli import PHASE_HELP, exit_codes, finish_phase, json_echo,
         "json": PHASE_HELP["json"],
     },
     aliases=("production",),
+    positional=[],
 )
 def week5(c, tarball, env="cloudrun-local", endpoint=None, receipts=None, json=False):
     """Week 5: preflight (Gate 2 + 3), deploy tagged, smoke, canary steps, scale, drain, Gate 4."""
     with exit_codes():
+        tarball = required("--tarball", tarball, "phase2.week5")
         from pipeline import config
         from pipeline.phases.week5 import run_week5
 
