@@ -380,3 +380,51 @@ def test_revisions_run_in_gvisor_when_the_env_says_so(
     assert len(sandboxes) == 1 and next(iter(sandboxes)).startswith("taiea-")
     assert emu.stop() == 0
     assert runsc_ids() - before == set()
+
+
+def test_cloudrun_tasks_by_hand_say_what_the_api_refused_in_one_line(tmp_path, reference_tarball):
+    """The runbooks' manual commands against a running emulator: an unknown revision is bad
+    input (exit 2, one line), not a traceback or a false "drained"."""
+    from pipeline import config
+    from pipeline.runtime.process import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env_file = tmp_path / "by-hand.toml"
+    env_file.write_text(
+        f'extends = "{config.resolve("cloudrun-local").resolve()}"\n'
+        f'[emulator]\nport = {port}\n[cloudrun]\nendpoint = "{url}"\n'
+    )
+    where = ["--env", str(env_file)]
+    started = invoke("emulator.start", "--background", *where)
+    assert started.returncode == 0, started.stderr
+    try:
+        code, body = http_json(
+            url,
+            "POST",
+            "/v2/projects/taiea-local/locations/us-central1/services?serviceId=tai-autonomics",
+            {"template": {"containers": [{"image": f"file://{reference_tarball('none')}"}]}},
+        )
+        assert code == 200, body
+
+        def first_revision() -> str | None:
+            _, svc = http_json(
+                url, "GET", "/v2/projects/taiea-local/locations/us-central1/services/tai-autonomics"
+            )
+            return (svc.get("latestReadyRevision") or "").rsplit("/", 1)[-1] or None
+
+        revision = poll(first_revision, timeout=60, what="the first revision")
+        for args, said in [
+            (["cloudrun.shift", "--to", "nosuch=100"], "error: --to 'nosuch=100': "),
+            (["cloudrun.drain", "--revision", "nosuch"], "error: --revision nosuch: "),
+            (["cloudrun.drain", "--revision", revision], f"error: {revision} still gets 100 %"),
+        ]:
+            done = invoke(*args, *where)
+            assert done.returncode == 2, done.stdout + done.stderr
+            lines = done.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith(said), done.stderr
+        shifted = invoke("cloudrun.shift", "--to", f"{revision}=100", *where)
+        assert shifted.returncode == 0, shifted.stderr
+        assert shifted.stdout.strip() == f"traffic now: {revision} 100 %"
+    finally:
+        invoke("emulator.stop")

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pipeline.cloudrun.client import Route, RunV2
 from pipeline.config import Env
 from pipeline.errors import PipelineError
 from pipeline.waiting import WaitTimeout, poll
+
+
+@contextlib.contextmanager
+def refused_as_bad_input(what: str) -> Iterator[None]:
+    """What the API refuses for the request itself (400, 404, 412: an unknown revision, a split
+    it does not accept) is bad input by hand: one line, exit 2, not a traceback."""
+    from google.api_core import exceptions as gexc
+
+    try:
+        yield
+    except (gexc.BadRequest, gexc.NotFound, gexc.FailedPrecondition) as exc:
+        raise PipelineError(f"{what}: {exc.message}") from None
 
 
 def parse_split(text: str) -> list[Route]:
@@ -73,7 +86,8 @@ def status(env: Env, endpoint: str | None, backend: Any) -> dict[str, Any]:
 def shift(env: Env, endpoint: str | None, split: str) -> dict[str, int]:
     api = RunV2(env.cloudrun, endpoint=endpoint)
     routes = parse_split(split)
-    service = api.set_traffic(routes)
+    with refused_as_bad_input(f"--to {split!r}"):
+        service = api.set_traffic(routes)
     for route in routes:
         if route.revision and service.percent_of(route.revision) != route.percent:
             raise PipelineError(
@@ -90,7 +104,8 @@ def scale(
             f"--min-instances {min_instances} is above --max-instances {max_instances}"
         )
     api = RunV2(env.cloudrun, endpoint=endpoint)
-    service = api.set_scaling(min_instances, max_instances, concurrency)
+    with refused_as_bad_input("scale"):
+        service = api.set_scaling(min_instances, max_instances, concurrency)
     revision = api.get_revision(service.latest_ready)
     return {
         "revision": revision.name,
@@ -106,6 +121,8 @@ def drain(env: Env, endpoint: str | None, revision: str, backend: Any, timeout: 
     service = api.get_service()
     if service is None:
         raise PipelineError(f"service {env.cloudrun.service} does not exist")
+    with refused_as_bad_input(f"--revision {revision}"):
+        api.get_revision(revision)
     if service.percent_of(revision):
         raise PipelineError(
             f"{revision} still gets {service.percent_of(revision)} % of the traffic: shift it away first"
@@ -118,8 +135,9 @@ def drain(env: Env, endpoint: str | None, revision: str, backend: Any, timeout: 
         for r in service.traffic
         if not (r.tag and (r.revision or service.latest_ready) == revision)
     ]
-    if len(kept) != len(service.traffic):
-        api.set_traffic([r for r in kept if r.percent or r.tag])
+    if len(kept) == len(service.traffic):
+        return f"{revision} drained ({how}); it had no tag"
+    api.set_traffic([r for r in kept if r.percent or r.tag])
     return f"{revision} drained ({how}), tag removed"
 
 

@@ -106,8 +106,10 @@ def shift(c, to, env="cloudrun-local", endpoint=None):
         from pipeline.cloudrun import ops
 
         environment, where, _ = _where(env, endpoint)
+        split = ops.shift(environment, where, to)
         human_console(False).print(
-            f"traffic now: {ops.shift(environment, where, to)}", highlight=False
+            "traffic now: " + ", ".join(f"{rev} {pct} %" for rev, pct in split.items()),
+            highlight=False,
         )
 
 
@@ -140,7 +142,11 @@ def scale(
         )
         environment, where, _ = _where(env, endpoint)
         applied = ops.scale(environment, where, *wanted)
-        human_console(False).print(f"applied: {applied}", highlight=False)
+        human_console(False).print(
+            f"applied: {applied['revision']} runs {applied['min_instances']}–"
+            f"{applied['max_instances']} instances at {applied['concurrency']} requests each",
+            highlight=False,
+        )
 
 
 @task(
