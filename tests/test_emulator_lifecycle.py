@@ -428,3 +428,48 @@ def test_cloudrun_tasks_by_hand_say_what_the_api_refused_in_one_line(tmp_path, r
         assert shifted.stdout.strip() == f"traffic now: {revision} 100 %"
     finally:
         invoke("emulator.stop")
+
+
+def test_week5_stops_the_emulator_it_started_and_keeps_its_services(tmp_path, reference_tarball):
+    """Everything a run starts, it stops: the emulator week 5 had to start is stopped at the
+    end; the deployed service comes back with the next start."""
+    from pipeline import config
+    from pipeline.phases.week3 import run_week3
+    from pipeline.phases.week4 import run_week4
+    from pipeline.phases.week5 import run_week5
+    from pipeline.runtime.process import free_port
+
+    tarball = reference_tarball("none")
+    local = config.load_env("local")
+    assert run_week3(tarball, local, duration=2).verdict.passed
+    assert run_week4(tarball, local).verdict.passed
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env_file = tmp_path / "auto.toml"
+    env_file.write_text(
+        f'extends = "{config.resolve("cloudrun-local").resolve()}"\n'
+        f'[emulator]\nport = {port}\n[cloudrun]\nendpoint = "{url}"\n'
+        "production_s = 2\nproduction_rate = 200\ndrain_timeout_s = 10\n"
+    )
+    from pipeline.phases.base import QuietView
+
+    class Notes(QuietView):
+        def note(self, text: str) -> None:
+            notes.append(text)
+
+    notes: list[str] = []
+    try:
+        result = run_week5(tarball, config.load_env(env_file), view=Notes())
+        assert result.verdict.passed, result.verdict.summary()
+        assert notes[0].startswith(f"started the local Cloud Run emulator at {url}")
+        assert notes[-1].startswith("stopped the emulator this run started")
+        assert invoke("emulator.status").stdout.startswith("emulator: not running")
+        assert release_pids(tmp_path / "runs" / "emulator") == []
+        again = invoke("emulator.start", "--env", str(env_file), "--background")
+        assert again.returncode == 0, again.stderr
+        code, body = http_json(
+            url, "GET", "/v2/projects/taiea-local/locations/us-central1/services/tai-autonomics"
+        )
+        assert code == 200 and body["latestReadyRevision"], body
+    finally:
+        invoke("emulator.stop")

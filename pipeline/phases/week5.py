@@ -64,6 +64,7 @@ class Rollout:
     state: RolloutState
     template: Template | None = None
     sleep: Callable[[float], None] = time.sleep
+    started_emulator: bool = False  # this run started it: it stops it (unless kept)
 
     @property
     def settings(self) -> Any:
@@ -543,7 +544,10 @@ def run_week5(
     backend_factory: Callable[[Env, str | None], Backend] | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    keep_emulator: bool = False,
 ) -> PhaseResult:
+    """Week 5. An emulator this run had to start is stopped at the end (its state is kept, so
+    `invoke emulator.start --background` brings the service back), unless `keep_emulator`."""
     rollout = open_rollout(
         tarball,
         env,
@@ -555,7 +559,11 @@ def run_week5(
         on_record=on_record,
         sleep=sleep,
     )
-    return finish_rollout(rollout, env.gate_spec(env.phase("week5").gate or "week5"))
+    try:
+        return finish_rollout(rollout, env.gate_spec(env.phase("week5").gate or "week5"))
+    finally:
+        if rollout.started_emulator and not keep_emulator:
+            stop_emulator(env, view)
 
 
 def open_rollout(
@@ -583,33 +591,42 @@ def open_rollout(
     fresh("check", settings.service, None, image, info.sha256, info.version, settings.tag, steps)
     # the real client against a local endpoint: start the emulator if nothing answers there, only
     # now that the input is known good
-    where = (
-        ensure_endpoint(env, endpoint, view) if api_factory is None else endpoint_for(env, endpoint)
-    )
-    api = (api_factory or (lambda e, url: RunV2(e.cloudrun, endpoint=url)))(env, where)
-    backend = (backend_factory or default_backend)(env, where)
-    run = PhaseRun("week5", env, receipts_path=receipts, view=view)
-    if on_record is not None:
-        run.writer.subscribe(on_record)
-    run.begin(
-        info.as_receipt(),
-        endpoint=where or "run.googleapis.com",
-        service=settings.service,
-        preflight=preflight_facts,
-        **begin,
-    )
-    state = fresh(
-        run.writer.run_id,
-        settings.service,
-        where,
-        image,
-        info.sha256,
-        info.version,
-        settings.tag,
-        steps,
-    )
-    rollout = Rollout(run, api, env, backend, run.path.parent / "rollout.json", state, sleep=sleep)
-    rollout.template = Template.of(settings, image)
+    where = endpoint_for(env, endpoint)
+    started = api_factory is None and where is not None and _silent_local(env, where)
+    if api_factory is None:
+        where = ensure_endpoint(env, endpoint, view)
+    try:
+        api = (api_factory or (lambda e, url: RunV2(e.cloudrun, endpoint=url)))(env, where)
+        backend = (backend_factory or default_backend)(env, where)
+        run = PhaseRun("week5", env, receipts_path=receipts, view=view)
+        if on_record is not None:
+            run.writer.subscribe(on_record)
+        run.begin(
+            info.as_receipt(),
+            endpoint=where or "run.googleapis.com",
+            service=settings.service,
+            preflight=preflight_facts,
+            **begin,
+        )
+        state = fresh(
+            run.writer.run_id,
+            settings.service,
+            where,
+            image,
+            info.sha256,
+            info.version,
+            settings.tag,
+            steps,
+        )
+        rollout = Rollout(
+            run, api, env, backend, run.path.parent / "rollout.json", state, sleep=sleep
+        )
+        rollout.template = Template.of(settings, image)
+    except BaseException:
+        if started:
+            stop_emulator(env, view)
+        raise
+    rollout.started_emulator = started
     return rollout
 
 
@@ -758,6 +775,27 @@ def ensure_endpoint(env: Env, override: str | None, view: View | None = None) ->
             f"started the local Cloud Run emulator at {where} (stop it with `invoke emulator.stop`)"
         )
     return where
+
+
+def stop_emulator(env: Env, view: View | None = None) -> None:
+    """Stop the emulator `ensure_endpoint` started (same state dir: the runs dir's)."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent.parent
+    subprocess.run(
+        [sys.executable, "-m", "pipeline.emulator", "stop"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if view is not None:
+        view.note(
+            "stopped the emulator this run started; its services are kept: "
+            f"`invoke emulator.start --background --env {env.path}` brings them back "
+            "(--keep-emulator leaves it running)"
+        )
 
 
 def deploy_only(

@@ -15,6 +15,7 @@ from pipeline.tasks._cli import exit_codes, human_console, number, required
         "week5_env": "env for week 5 (default cloudrun-local: the emulator)",
         "duration": "shorten the load windows of weeks 2 and 3 to this many seconds (at least 2)",
         "endpoint": "Cloud Run API endpoint for week 5 (default: the env file's)",
+        "keep_emulator": "leave running the local emulator week 5 had to start (default: stopped)",
     },
     aliases=("everything",),
     positional=[],
@@ -28,6 +29,7 @@ def all_weeks(
     week5_env=None,
     duration=None,
     endpoint=None,
+    keep_emulator=False,
 ):
     """Phase 2 end to end: weeks 2 → 5, each refusing to start without the previous gate's pass."""
     with exit_codes():
@@ -39,7 +41,7 @@ def all_weeks(
         chosen = {"week2": week2_env, "week3": week3_env, "week4": week4_env, "week5": week5_env}
         envs = {week: config.load_env(chosen[week] or DEFAULT_ENVS[week]) for week in DEFAULT_ENVS}
         console = human_console(False)
-        options: dict = {"week5": {"endpoint": endpoint}}
+        options: dict = {"week5": {"endpoint": endpoint, "keep_emulator": keep_emulator}}
         window = number("--duration", duration, at_least=2)
         if window is not None:
             options["week2"] = {"duration": window}

@@ -19,11 +19,15 @@ from pipeline.tasks._cli import (
         "endpoint": "Cloud Run API endpoint, overriding the env file (or PIPELINE_CLOUDRUN_ENDPOINT)",
         "receipts": PHASE_HELP["receipts"],
         "json": PHASE_HELP["json"],
+        "keep_emulator": "leave running the local emulator this run had to start (default: "
+        "stopped at the end; its services are kept for the next start)",
     },
     aliases=("production",),
     positional=[],
 )
-def week5(c, tarball, env="cloudrun-local", endpoint=None, receipts=None, json=False):
+def week5(
+    c, tarball, env="cloudrun-local", endpoint=None, receipts=None, json=False, keep_emulator=False
+):
     """Week 5: preflight (Gate 2 + 3), deploy tagged, smoke, canary steps, scale, drain, Gate 4."""
     with exit_codes():
         tarball = required("--tarball", tarball, "phase2.week5")
@@ -39,6 +43,7 @@ def week5(c, tarball, env="cloudrun-local", endpoint=None, receipts=None, json=F
             receipts=receipts,
             view=view,
             on_record=json_echo(json),
+            keep_emulator=keep_emulator,
         )
         finish_phase(result, console)
 
