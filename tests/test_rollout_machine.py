@@ -381,3 +381,24 @@ def test_the_candidates_own_latency_is_judged_by_every_rule(rule, problem):
     else:
         (only,) = problems
         assert only.startswith(problem)
+
+
+@pytest.mark.parametrize(
+    ("history", "note"),
+    [
+        ((), "first deployment: nothing to drain"),
+        (
+            ({"step": "deploy", "passed": True, "unchanged": True},),
+            "nothing to drain: svc-00001-abc already served this release",
+        ),
+    ],
+    ids=["first-deployment", "same-release-again"],
+)
+def test_drain_says_why_there_is_nothing_to_drain(tmp_path, history, note):
+    from pipeline.cloudrun.client import FakeCloudRun
+    from pipeline.phases import week5
+
+    r = _rollout(
+        tmp_path, FakeCloudRun(), candidate="svc-00001-abc", phase="drain", history=history
+    )
+    assert week5.do_drain(r) == {"note": note}

@@ -165,6 +165,7 @@ def do_deploy(r: Rollout) -> dict[str, Any]:
         return {
             "candidate": candidate,
             "stable": None,
+            "unchanged": True,
             "note": f"{candidate} already serves this release: no canary",
         }
     if stable:
@@ -390,8 +391,14 @@ def do_scale(r: Rollout) -> dict[str, Any]:
 def do_drain(r: Rollout) -> dict[str, Any]:
     old = r.state.stable
     if not old or old == r.state.candidate:
-        r.run.write("drain", "drain", revision=None, note="first deployment: nothing to drain")
-        return {"note": "first deployment: nothing to drain"}
+        unchanged = any(event.get("unchanged") for event in r.state.history)
+        note = (
+            f"nothing to drain: {r.state.candidate} already served this release"
+            if unchanged
+            else "first deployment: nothing to drain"
+        )
+        r.run.write("drain", "drain", revision=None, note=note)
+        return {"note": note}
     began = time.monotonic()
 
     how = wait_drained(r.backend, old, r.settings.drain_timeout_s, sleep=r.sleep)
