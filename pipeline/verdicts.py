@@ -54,35 +54,40 @@ def judge_file(path: str | Path, spec: GateSpec, *, require_seal: bool = True) -
 
 
 def find_passing(phase: str, release_sha256: str, spec: GateSpec) -> dict[str, Any] | None:
-    """The newest ledger entry recording a pass of `phase` (week3, …) for this release whose run
-    file still verifies, is a run of that phase on that release (its own `run` record says so:
-    the ledger is not trusted for it), and passes `spec` — the thresholds of whoever relies on
-    it — when judged again from its receipts: a pass recorded under a laxer env file does not
-    count."""
+    """The ledger entry of the newest run of `phase` for this release, when that run passes
+    `spec` judged again from its receipts; None otherwise (`newest_verdict` says why)."""
+    entry, verdict = newest_verdict(phase, release_sha256, spec)
+    return entry if verdict is not None and verdict.passed else None
+
+
+def newest_verdict(
+    phase: str, release_sha256: str, spec: GateSpec
+) -> tuple[dict[str, Any] | None, Verdict | None]:
+    """The newest run of `phase` (week3, …) for this release that the ledger names, judged again
+    with `spec` — the thresholds of whoever relies on it: (its newest ledger entry, the verdict).
+    The newest run decides: an older pass does not outweigh a newer failure, and a pass recorded
+    under a laxer env file does not count. Only evidence counts: an entry whose run file no
+    longer verifies, or whose own `run` record is not of that phase and release (the ledger is
+    a plain hash chain, so it is not trusted for that), is passed over. (None, None): no run."""
     ledger = receipts.ledger_path()
-    if not ledger.exists():
-        return None
-    verification = receipts.verify(ledger, require_seal=False)
-    if not verification.ok:
-        return None
-    candidates = [
+    if not ledger.exists() or not receipts.verify(ledger, require_seal=False).ok:
+        return None, None
+    entries = [
         entry
         for entry in receipts.iter_records(ledger)
-        if entry.get("gate") in (phase, spec.name)
-        and entry.get("passed") is True
-        and entry.get("release_sha256") == release_sha256
+        if entry.get("gate") in (phase, spec.name) and entry.get("release_sha256") == release_sha256
     ]
-    for entry in reversed(candidates):
+    for entry in reversed(entries):
         again = check(entry["receipts"], spec)
         found = again.verification
         if (
-            again.passed
-            and found is not None
+            found is not None
+            and found.ok
             and found.head == entry.get("receipts_head")
             and _run_of(found.run, phase, release_sha256)
         ):
-            return entry
-    return None
+            return entry, again
+    return None, None
 
 
 def _run_of(run: dict[str, Any] | None, phase: str, release_sha256: str) -> bool:

@@ -512,14 +512,14 @@ def test_judge_file_records_and_find_passing_reverifies(tmp_path: Path, week3) -
     sha = "ab" * 32  # the release sha256 write_run records
     good = write_run(tmp_path / "good.jsonl")
     bad = write_run(tmp_path / "bad.jsonl", errors=2)
-    assert verdicts.judge_file(good, week3).passed
     assert not verdicts.judge_file(bad, week3).passed
+    assert verdicts.judge_file(good, week3).passed
     found = verdicts.find_passing("week3", sha, week3)
     assert found is not None and found["receipts"] == str(good.resolve())
     assert found["judged_run"] == "r-gates" and found["passed"] is True
     assert verdicts.find_passing("week3", "cd" * 32, week3) is None
     assert verdicts.find_passing("week4", sha, gates.GateSpec("week4", week3.rules)) is None
-    # the run it came from no longer verifies: the old pass does not count
+    # the run it came from no longer verifies: the pass does not count (the older run fails)
     good.write_bytes(good.read_bytes().replace(b'"rss_mb":140.0', b'"rss_mb":14.0'))
     assert verdicts.find_passing("week3", sha, week3) is None
 
@@ -559,13 +559,25 @@ def test_a_pass_recorded_under_laxer_thresholds_does_not_count_for_a_stricter_re
     assert verdicts.judge_file(slow, lenient).passed
     assert verdicts.find_passing("week3", sha, lenient)["receipts"] == str(slow.resolve())
     assert verdicts.find_passing("week3", sha, week3) is None
-    with pytest.raises(GateFailed, match=r"no passing Gate 2 \(week3\) and Gate 3"):
+    with pytest.raises(GateFailed, match=r"the newest Gate 2 run \(r-gates\) fails .*startup"):
         week5.preflight(sha, config.load_env("cloudrun-local"))
 
-    # an older run that passes the strict thresholds is still found behind the newer lax pass
+
+def test_the_newest_run_decides_an_older_pass_does_not_outweigh_it(tmp_path: Path, week3) -> None:
+    sha = "ab" * 32
     good = write_run(tmp_path / "good.jsonl")
+    slow = write_run(tmp_path / "slow.jsonl", startup=6.2)
     assert verdicts.judge_file(good, week3).passed
-    assert verdicts.judge_file(slow, lenient).passed
+    assert verdicts.find_passing("week3", sha, week3)["receipts"] == str(good.resolve())
+    assert not verdicts.judge_file(slow, week3).passed  # a newer run of the same release fails
+    assert verdicts.find_passing("week3", sha, week3) is None
+    entry, verdict = verdicts.newest_verdict("week3", sha, week3)
+    assert entry["receipts"] == str(slow.resolve()) and not verdict.passed
+    assert verdicts.judge_file(good, week3).passed  # judged again: the newest verdict again
+    assert verdicts.find_passing("week3", sha, week3)["receipts"] == str(good.resolve())
+    # a newest entry whose run file no longer verifies is no evidence: passed over
+    assert not verdicts.judge_file(slow, week3).passed
+    slow.write_bytes(slow.read_bytes().replace(b'"rss_mb":140.0', b'"rss_mb":14.0'))
     assert verdicts.find_passing("week3", sha, week3)["receipts"] == str(good.resolve())
 
 

@@ -111,26 +111,37 @@ def image_for(env: Env, info: releases.ReleaseInfo) -> str:
         raise PipelineError(f"{env.path}: key cloudrun.image: unknown placeholder {exc}") from None
 
 
-def preflight(sha256: str, env: Env) -> dict[str, Any]:
-    """The automated gate check before a deploy: a passing Gate 2 and Gate 3 for this release,
-    from runs that still verify and that pass this env's own `[gates.week3]` and
-    `[gates.week4]` when judged again from their receipts. There is no way around it."""
-    found = {
-        week: verdicts.find_passing(week, sha256, env.gate_spec(env.phase(week).gate or week))
-        for week in ("week3", "week4")
-    }
-    missing = [
-        f"Gate {2 if g == 'week3' else 3} ({g})" for g, entry in found.items() if entry is None
-    ]
-    if missing:
-        raise GateFailed(
-            f"preflight: no passing {' and '.join(missing)} in the ledger {receipt_log.ledger_path()} "
-            f"for release sha256 {sha256[:12]}… under the thresholds of {env.path} (a recorded "
-            "pass is judged again with them) — run phase2.week3 and phase2.week4 on this tarball first"
+def preflight(sha256: str, env: Env, view: View | None = None) -> dict[str, Any]:
+    """The automated gate check before a deploy: the newest Gate 2 and Gate 3 runs of this
+    release must still verify and pass this env's own `[gates.week3]` and `[gates.week4]` when
+    judged again from their receipts. There is no way around it."""
+    found: dict[str, dict[str, Any]] = {}
+    problems = []
+    for week, label in (("week3", "Gate 2"), ("week4", "Gate 3")):
+        entry, verdict = verdicts.newest_verdict(
+            week, sha256, env.gate_spec(env.phase(week).gate or week)
         )
-    return {
-        gate: {"run": e["judged_run"], "receipts": e["receipts"]} for gate, e in found.items() if e
-    }
+        if entry is None or verdict is None:
+            problems.append(f"no {label} ({week}) run")
+        elif not verdict.passed:
+            problems.append(
+                f"the newest {label} run ({entry['judged_run']}) fails under these thresholds: "
+                f"{verdict.summary()}"
+            )
+        else:
+            found[week] = {"run": entry["judged_run"], "receipts": entry["receipts"]}
+    if problems:
+        raise GateFailed(
+            f"preflight: {'; '.join(problems)} — for release sha256 {sha256[:12]}… in the ledger "
+            f"{receipt_log.ledger_path()}, judged with the thresholds of {env.path} — run "
+            "phase2.week3 and phase2.week4 on this tarball first"
+        )
+    if view is not None:
+        view.note(
+            "preflight: "
+            + ", ".join(f"{week} run {facts['run']} passes" for week, facts in found.items())
+        )
+    return found
 
 
 # ---------------------------------------------------------------- acting, one function per step
@@ -590,7 +601,7 @@ def open_rollout(
     exit 2 with nothing written): the preflight, the image, the canary steps, the gate; then the
     run's first line and the rollout state."""
     info = releases.inspect(Path(tarball))
-    preflight_facts = preflight(info.sha256, env)  # exit 99 naming the missing gate: no skipping it
+    preflight_facts = preflight(info.sha256, env, view)  # exit 99 naming what fails: no skipping it
     env.gate_spec(env.phase("week5").gate or "week5")
     image = image_for(env, info)
     settings = env.cloudrun
