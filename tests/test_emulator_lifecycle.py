@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -426,6 +427,16 @@ def test_cloudrun_tasks_by_hand_say_what_the_api_refused_in_one_line(tmp_path, r
         shifted = invoke("cloudrun.shift", "--to", f"{revision}=100", *where)
         assert shifted.returncode == 0, shifted.stderr
         assert shifted.stdout.strip() == f"traffic now: {revision} 100 %"
+        status = subprocess.run(
+            [str(INVOKE), "cloudrun.status", *where],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "COLUMNS": "80"},  # what CI logs and pipes get
+        )
+        row = next(line for line in status.stdout.splitlines() if revision in line)
+        assert "100 %" in row and len(row.rstrip()) <= 80, status.stdout
     finally:
         invoke("emulator.stop")
 

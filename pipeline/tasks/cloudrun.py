@@ -33,6 +33,7 @@ def status(c, env="cloudrun-local", endpoint=None, json=False):
     with exit_codes():
         import json as jsonlib
 
+        from rich import box
         from rich.table import Table
 
         from pipeline.cloudrun import ops
@@ -44,17 +45,9 @@ def status(c, env="cloudrun-local", endpoint=None, json=False):
             return
         console = human_console(False)
         console.print(f"[bold]{facts['service']}[/bold]  {facts['uri']}", highlight=False)
-        table = Table()
-        for column in (
-            "revision",
-            "ready",
-            "traffic",
-            "tags",
-            "instances",
-            "in flight",
-            "min/max",
-            "concurrency",
-        ):
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)  # 80 columns
+        table.add_column("revision", no_wrap=True)  # the name a user copies: never cut
+        for column in ("ok", "traffic", "tags", "inst.", "busy", "min/max", "conc."):
             table.add_column(column)
         for rev in facts["revisions"]:
             table.add_row(
