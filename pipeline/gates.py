@@ -589,6 +589,12 @@ def evaluate(
     return Verdict(spec.name, passed, tuple(results), reason)
 
 
+def overruled(verdict: Verdict, reason: str) -> Verdict:
+    """A run that stopped half-way fails, whatever its partial data shows; the expressions keep
+    what they measured, so the phase's table and a later gate.check show the same numbers."""
+    return replace(verdict, passed=False, reason=reason)
+
+
 def check(path: str | Path, spec: GateSpec, *, require_seal: bool = True) -> Verdict:
     """Verify the receipts file and judge the gate over it, in one streaming pass."""
     keys = spec.keys + [parse_metric("receipts")]

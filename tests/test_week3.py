@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pipeline import config, receipts
+from pipeline import config, gates, receipts
 from pipeline.errors import PipelineError
 from pipeline.phases.week3 import run_week3
 
@@ -257,3 +257,8 @@ def test_ctrl_c_stops_the_release_and_writes_a_failing_gate(reference_tarball, t
     assert records[-1]["kind"] == "seal" and records[-2]["kind"] == "gate"
     assert records[-2]["passed"] is False and records[-2]["reason"] == "interrupted"
     assert receipts.verify(out).ok
+    # judged as far as it got: the same numbers gate.check shows later, failed all the same
+    measured = {r["metric"]: r["measured"] for r in records[-2]["results"]}
+    assert measured["smoke.passed"] == 5 and measured["startup.seconds"] > 0
+    again = gates.check(out, config.load_env("local").gate_spec("week3"))
+    assert {r.metric: r.measured for r in again.results} == measured

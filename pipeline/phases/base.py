@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from pipeline import __version__, receipts
 from pipeline.config import Env
 from pipeline.errors import PipelineError
-from pipeline.gates import GateSpec, Verdict, check, evaluate
+from pipeline.gates import GateSpec, Verdict, check, overruled
 from pipeline.verdicts import ledger_entry
 
 
@@ -188,12 +188,9 @@ class PhaseRun:
 
     def finish(self, spec: GateSpec) -> PhaseResult:
         """Judge the gate over this run's receipts, record the verdict, seal the file."""
-        if self.interrupted:
-            verdict = evaluate(spec, {}, reason="interrupted")
-        elif self.crashed:
-            verdict = evaluate(spec, {}, reason=self.crashed)
-        else:
-            verdict = check(self.path, spec, require_seal=False)
+        verdict = check(self.path, spec, require_seal=False)
+        if self.interrupted or self.crashed:  # judged as far as it got, failed whatever it shows
+            verdict = overruled(verdict, "interrupted" if self.interrupted else str(self.crashed))
         self.write("gate", "gate", **verdict.as_fields())
         self.writer.seal()
         self.writer.close()
