@@ -402,3 +402,14 @@ def test_drain_says_why_there_is_nothing_to_drain(tmp_path, history, note):
         tmp_path, FakeCloudRun(), candidate="svc-00001-abc", phase="drain", history=history
     )
     assert week5.do_drain(r) == {"note": note}
+
+
+def test_rolling_back_a_finished_rollout_needs_force(tmp_path):
+    from pipeline import config
+    from pipeline.phases import week5
+
+    path = tmp_path / "rollout.json"
+    state(stable="svc-00001-abc", candidate="svc-00002-abc", phase="done").save(path)
+    with pytest.raises(PipelineError, match=r"svc-00002-abc took all the traffic .* needs --force"):
+        week5.resume(path, config.load_env("cloudrun-local"), action="rollback")
+    assert RolloutState.load(path).phase == "done"

@@ -687,6 +687,7 @@ def resume(
     env: Env,
     *,
     action: str = "resume",
+    force: bool = False,
     view: View | None = None,
     api_factory: Callable[[Env, str | None], CloudRun] | None = None,
     backend_factory: Callable[[Env, str | None], Backend] | None = None,
@@ -700,6 +701,11 @@ def resume(
         )
     if state.phase == "rollback_failed":
         state = replace(state, phase="rollback")  # resume and rollback both retry it
+    if action == "rollback" and state.phase == "done" and not force:
+        raise PipelineError(
+            f"{state_path}: this rollout finished ({state.candidate} took all the traffic and "
+            f"passed Gate 4); rolling it back to {state.stable} needs --force"
+        )
     if action == "rollback":
         if not state.stable:
             raise PipelineError(

@@ -168,12 +168,13 @@ def drain(c, revision, timeout=None, env="cloudrun-local", endpoint=None):
     help={
         "state": "the rollout's state file (default: the newest runs/*-week5-*/rollout.json)",
         "env": ENV_HELP,
+        "force": "roll back a rollout that finished and passed Gate 4 too",
     }
 )
-def rollback(c, state=None, env="cloudrun-local"):
+def rollback(c, state=None, env="cloudrun-local", force=False):
     """All traffic back to the revision that served before the rollout; exit 99 (a rolled-back rollout failed)."""
     with exit_codes():
-        _resume(state, env, "rollback")
+        _resume(state, env, "rollback", force=force)
 
 
 @task(
@@ -189,7 +190,7 @@ def resume(c, state=None, env="cloudrun-local"):
         _resume(state, env, "resume")
 
 
-def _resume(state, env, action):
+def _resume(state, env, action, force=False):
     from pathlib import Path
 
     from pipeline import config
@@ -198,7 +199,7 @@ def _resume(state, env, action):
     environment = config.load_env(env)
     path = Path(state) if state else latest_state()
     console, view = phase_view(False, f"cloudrun.{action} · {path}")
-    finish_phase(resume(path, environment, action=action, view=view), console)
+    finish_phase(resume(path, environment, action=action, force=force, view=view), console)
 
 
 ns = Collection("cloudrun")
