@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -74,7 +75,11 @@ def receipts_table(records: Iterable[dict[str, Any]], *, limit: int | None = Non
 
 
 def _short(value: Any) -> str:
-    text = str(value)
+    """A field as a person reads it: nested values as compact JSON, long ones cut at 60."""
+    if isinstance(value, (dict, list)):
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    else:
+        text = str(value)
     return text if len(text) <= 60 else text[:57] + "…"
 
 

@@ -425,3 +425,14 @@ def test_a_run_directory_stands_for_its_receipts(tmp_path: Path) -> None:
     write_run(run / "receipts.jsonl")
     assert invoke("receipts.verify", str(run)).returncode == 0
     assert invoke("gate.check", "--gate", "week3", "--receipts", str(run)).returncode == 0
+
+
+def test_receipts_show_prints_nested_fields_as_json(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    with receipts.ReceiptWriter(path, run_id="r", phase="week5") as w:
+        w.write("run")
+        w.write("traffic", "canary-10", split={"svc-00002-abc": 10, "svc-00001-xyz": 90}, ok=True)
+        w.seal()
+    shown = invoke("receipts.show", str(path), "--kind", "traffic")
+    assert shown.returncode == 0, shown.stderr
+    assert 'split={"svc-00001-xyz":90,"svc-00002-abc":10}' in shown.stdout
