@@ -42,11 +42,12 @@ def positional(value: Any, task: str) -> Any:
     name, so show the task's help as invoke would (exit 0); another flag-like value is one line,
     exit 2."""
     if isinstance(value, str) and value in ("--help", "-h"):
-        import subprocess
-        import sys
+        from invoke import Program
 
-        done = subprocess.run([sys.argv[0], "--help", task], check=False)
-        raise Exit(code=done.returncode)
+        from pipeline.tasks import namespace
+
+        Program(namespace=namespace, binary="inv[oke]").run(["invoke", "--help", task], exit=False)
+        raise Exit(code=0)
     if isinstance(value, str) and value.startswith("-"):
         raise PipelineError(f"{value}: a flag where {task} expects a path (invoke --help {task})")
     return value
