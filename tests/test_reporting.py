@@ -23,6 +23,7 @@ import orjson
 import pytest
 from fixtures_chromium import Node, parse_dom
 from rich.console import Console
+from test_reporting_synth import box_of, clashes, measured
 
 from pipeline import config, receipts
 from pipeline.errors import GateFailed
@@ -107,6 +108,10 @@ def test_identity_and_verdict_at_the_top(runs, doms, name):
     assert main.attrs["data-passed"] == str(result.verdict.passed).lower()
     header = dom.find("h1").text
     assert ("PASS" if result.verdict.passed else "FAIL") in header
+    release = f"{run['release']['name']} {run['release']['version']}"
+    assert header.startswith(f"{release} · week 3 · Gate 2 ")  # phase and gate, each once
+    assert header.count("week") == 1
+    assert dom.find("title").text.startswith(f"{release} · week 3 · Gate 2 — ")
 
     def field(name: str) -> str:
         return dom.find("tr", data_field=name).find_all("td")[1].text.strip()
@@ -252,6 +257,22 @@ def test_report_opens_offline(runs, doms, name):
     for node in doms[name].iter():
         assert not {"src", "href", "xlink:href", "srcset"} & set(node.attrs), node.tag
         assert node.tag not in ("script", "link", "iframe", "img", "object", "embed")
+
+
+def test_no_text_is_overlapped_or_crossed_as_drawn(runs, chromium, tmp_path):
+    """As Chromium lays the page out: no label overlaps another or a bar not its own, and no
+    line (grid, threshold, limit, series) crosses a label, on any chart of a real run. The
+    load stage's duration sits right of its bar, clear of the name "load"."""
+    dom = measured(chromium, Path(runs["pass"].facts["report_html"]), tmp_path)
+    found = {svg.attrs["data-chart"]: svg for svg in dom.find_all("svg", data_chart=True)}
+    for chart in ALL_CHARTS:
+        assert clashes(found[chart]) == [], chart
+    timeline = found["timeline"]
+    name = next(t for t in timeline.find_all("text", **{"class": "row-label"}) if t.text == "load")
+    load = timeline.find("g", data_stage="load")
+    duration = box_of(load.find("text"))
+    assert duration[0] > box_of(load.find("rect"))[2] > box_of(name)[2]
+    assert load.find("text").text.startswith("✓ ")
 
 
 def test_screenshot_is_readable(runs, chromium, tmp_path):

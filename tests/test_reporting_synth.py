@@ -7,6 +7,8 @@ Receipts are written with the real ReceiptWriter; only its clock is injected
 from __future__ import annotations
 
 import pickle
+import random
+import re
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +19,7 @@ from fixtures_chromium import Node, parse_dom
 
 from pipeline import __version__, config, gates, receipts
 from pipeline.phases.base import PhaseRun, QuietView
-from pipeline.reporting import model, write_reports
+from pipeline.reporting import charts, model, write_reports
 
 RELEASE = {"name": "tai_autonomics", "version": "2.0.0", "sha256": "ab" * 32}
 
@@ -93,6 +95,213 @@ def charts_of(dom: Node) -> dict[str, Node]:
 
 def values(node: Node) -> list[float]:
     return [float(v) for v in node.attrs["data-values"].split(",") if v]
+
+
+# ---------------------------------------------------------------- what Chromium drew, measured
+
+# Added to a copy of a report (never to the report itself, which has no script): every text,
+# rect and line of every chart gets its box as Chromium laid it out (getBBox, in SVG units,
+# through its own transform: the rotated axis titles).
+MEASURE = """<script>
+for (const el of document.querySelectorAll('svg.chart text, svg.chart rect, svg.chart line')) {
+  const b = el.getBBox();
+  let pts = [[b.x, b.y], [b.x + b.width, b.y], [b.x, b.y + b.height],
+             [b.x + b.width, b.y + b.height]];
+  const t = el.transform.baseVal.consolidate();
+  if (t) {
+    const m = t.matrix;
+    pts = pts.map(([x, y]) => [m.a * x + m.c * y + m.e, m.b * x + m.d * y + m.f]);
+  }
+  const xs = pts.map(p => p[0]), ys = pts.map(p => p[1]);
+  el.setAttribute('data-box', [Math.min(...xs), Math.min(...ys), Math.max(...xs),
+                               Math.max(...ys)].join(','));
+}
+</script>"""
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1
+
+
+def measured(chromium, html: Path, tmp_path: Path) -> Node:
+    """The report's DOM with every chart element's drawn box (data-box)."""
+    copy = tmp_path / f"measured-{html.stem}.html"
+    copy.write_text(html.read_text().replace("</body>", MEASURE + "</body>"))
+    return parse_dom(chromium.dump_dom(copy))
+
+
+def box_of(node: Node) -> Box:
+    x0, y0, x1, y1 = (float(v) for v in node.attrs["data-box"].split(","))
+    return x0, y0, x1, y1
+
+
+def meet(a: Box, b: Box, slack: float = 0.5) -> bool:
+    return (
+        a[0] < b[2] - slack and b[0] < a[2] - slack and a[1] < b[3] - slack and b[1] < a[3] - slack
+    )
+
+
+def crosses(segment: Box, box: Box, slack: float = 0.5) -> bool:
+    """Whether a line segment (x0, y0, x1, y1) passes through a box (sampled every 0.25 px)."""
+    x0, y0, x1, y1 = segment
+    steps = max(1, int(max(abs(x1 - x0), abs(y1 - y0)) * 4))
+    inner = (box[0] + slack, box[1] + slack, box[2] - slack, box[3] - slack)
+    for i in range(steps + 1):
+        x, y = x0 + (x1 - x0) * i / steps, y0 + (y1 - y0) * i / steps
+        if inner[0] < x < inner[2] and inner[1] < y < inner[3]:
+            return True
+    return False
+
+
+def segments(svg: Node) -> list[tuple[str, Box]]:
+    """Every straight line a chart draws: <line>s and the segments of the series' paths."""
+    out = []
+    for line in svg.find_all("line"):
+        a = line.attrs
+        out.append(("line", (float(a["x1"]), float(a["y1"]), float(a["x2"]), float(a["y2"]))))
+    for path in svg.find_all("path"):
+        points = re.findall(r"([ML])([-\d.]+),([-\d.]+)", path.attrs["d"])
+        for (_, xa, ya), (op, xb, yb) in zip(points, points[1:], strict=False):
+            if op == "L":
+                out.append(("series", (float(xa), float(ya), float(xb), float(yb))))
+    return out
+
+
+HALOED = ("marker-label", "row-note")  # drawn over a white halo that hides what is under them
+
+
+def clashes(svg: Node) -> list[str]:
+    """Texts of a chart, as drawn, that overlap another text, that a line crosses, or that sit
+    on a bar not theirs (a timeline label may sit inside its own bar only)."""
+    found = []
+    texts = [t for t in svg.find_all("text") if t.text.strip() and "data-box" in t.attrs]
+    for i, text in enumerate(texts):
+        box = box_of(text)
+        for other in texts[i + 1 :]:
+            if meet(box, box_of(other)):
+                found.append(f"{text.text!r} overlaps {other.text!r}")
+        if not any(h in text.attrs.get("class", "") for h in HALOED):
+            for kind, segment in segments(svg):
+                if crosses(segment, box):
+                    found.append(f"{text.text!r} crossed by a {kind} {segment}")
+    for stage in svg.find_all("g", **{"class": "stage"}):
+        bar = box_of(stage.find("rect"))
+        for text in stage.find_all("text"):
+            if "inside" in text.attrs.get("class", ""):
+                tb = box_of(text)
+                assert bar[0] <= tb[0] and tb[2] <= bar[2], f"{text.text!r} leaves its bar"
+        for other in svg.find_all("g", **{"class": "stage"}):
+            if other is stage:
+                continue
+            for text in other.find_all("text"):
+                if meet(box_of(text), bar):
+                    found.append(f"{text.text!r} over the bar of {stage.attrs['data-stage']}")
+    return found
+
+
+def test_bar_labels_never_overlap_bars_or_each_other():
+    """The timeline's layout: right of the bar, else inside, else left, else shortened."""
+    lo, hi = charts.LEFT + 2, charts.WIDTH - 4
+    end = charts.LEFT + charts.PLOT_W
+    # the reviewer's case: a bar to the plot's end gets its duration right of it, in the margin
+    (load,) = charts.place_bar_labels([(charts.LEFT + 25, end)], ["✓ 14.91 s"], lo, hi)
+    assert load.where == "right" and load.left > end and load.right <= hi
+    (tiny,) = charts.place_bar_labels([(charts.LEFT, charts.LEFT + 2)], ["✓ 0.00 s"], lo, hi)
+    assert tiny.where == "right" and tiny.left > charts.LEFT + 2
+    wide = "✗ 30.00 s — " + "x" * 40
+    (inside,) = charts.place_bar_labels([(charts.LEFT, hi)], [wide], lo, hi)
+    assert inside.where == "inside" and inside.text == wide
+    (cut,) = charts.place_bar_labels([(charts.LEFT + 300, hi - 10)], ["✗ " + "y" * 200], lo, hi)
+    assert cut.text.endswith("…") and cut.left >= lo and cut.right <= hi
+    rng = random.Random(7)
+    for _ in range(400):
+        bars, x = [], float(lo + rng.uniform(0, 60))
+        for _ in range(rng.randint(1, 5)):
+            x0 = x + rng.choice([0.0, 1.0, rng.uniform(0, 200)])
+            x1 = x0 + rng.choice([2.0, 6.0, rng.uniform(2, 500)])
+            if x1 > end:
+                break
+            bars.append((x0, x1))
+            x = x1
+        texts = [rng.choice(["✓ 0.01 s", "✓ 14.91 s", "skipped: " + "z" * rng.randint(0, 60)])
+                 for _ in bars]  # fmt: skip
+        placed = charts.place_bar_labels(bars, texts, lo, hi)
+        for i, (label, (x0, x1), text) in enumerate(zip(placed, bars, texts, strict=True)):
+            assert label.text == text or (label.text.endswith("…") or not label.text)
+            assert text.startswith(label.text.rstrip("…").rstrip())
+            if not label.text:
+                continue
+            assert lo <= label.left and label.right <= hi
+            assert label.right - label.left >= charts.text_width(label.text, bold=True) - 1e-6
+            if label.where == "inside":
+                assert x0 <= label.left and label.right <= x1
+            else:
+                assert label.right <= x0 or label.left >= x1
+            for j, (b0, b1) in enumerate(bars):
+                if j != i:
+                    assert label.right <= b0 or label.left >= b1, (bars, texts, placed)
+            for j, other in enumerate(placed):
+                if j != i and other.text:
+                    assert label.right <= other.left or label.left >= other.right
+
+
+def test_timeline_labels_do_not_overlap_as_drawn(tmp_path, clock, chromium, local_env):
+    """Very short, very long, repeated, skipped, open and far-right stages, a name too long for
+    the margin and a long failure reason: as Chromium draws them, no label overlaps another
+    label or another stage's bar."""
+    writer = start_run(tmp_path / "receipts.jsonl", "week3")
+
+    def stage(name: str, seconds: float, passed: bool = True, reason: str | None = None) -> None:
+        writer.write("stage", name, event="start")
+        clock.advance(seconds)
+        writer.write("stage", name, event="end", passed=passed, seconds=seconds, reason=reason)
+
+    stage("validate", 0.0)
+    stage("extract", 0.2)
+    writer.write("stage", "monitor", event="start")  # never ends
+    writer.write("stage", "load", event="start")
+    stage("a-stage-name-far-too-long-for-the-margin", 1.0)
+    long_reason = "connection refused by upstream 127.0.0.1:8080 after 3 attempts of 1 s"
+    stage("retry", 1.0, False, long_reason)
+    stage("retry", 0.3, False, long_reason)
+    stage("retry", 0.9)
+    writer.write("stage", "scale", event="skip", reason="not on Cloud Run")
+    clock.advance(25.0)
+    writer.write("stage", "load", event="end", passed=True, seconds=27.4)
+    stage("stop", 0.05)
+    finish_run(writer, "week3", {"stages.failed": ["count == 0"]})
+    html, _ = write_reports(writer.path, local_env)
+    dom = measured(chromium, html, tmp_path)
+    timeline = charts_of(dom)["timeline"]
+    stages = timeline.find_all("g", **{"class": "stage"})
+    assert len(stages) == 10
+    assert clashes(timeline) == []
+    load = timeline.find("g", data_stage="load")
+    assert box_of(load.find("text"))[0] > box_of(load.find("rect"))[2]  # right of its bar
+    names = ["".join(t.text_parts) for t in timeline.find_all("text", **{"class": "row-label"})]
+    assert "load" in names and "a-stage-name-far-too-long-for-the-margin" not in names
+    (cut,) = [n for n in names if n.endswith("…")]
+    assert "a-stage-name-far-too-long-for-the-margin".startswith(cut[:-1])
+    for name in timeline.find_all("text", **{"class": "row-label"}):
+        assert box_of(name)[0] >= 0 and box_of(name)[2] <= charts.LEFT  # in the left margin
+
+
+def test_band_and_line_labels_are_crossed_by_no_line(tmp_path, clock, chromium, local_env):
+    """The memory chart: the 512 MB limit runs through the critical band; its label moves off
+    the line. No text of a time chart is crossed by a line (grid, threshold, limit, series)."""
+    writer = start_run(tmp_path / "receipts.jsonl", "week3")
+    requests(writer, clock, 12, 4, 3.0, "load")
+    finish_run(writer, "week3", {"memory.mb": ["max < 250"], "cpu.percent": ["max < 80"]})
+    html, _ = write_reports(writer.path, local_env)
+    dom = measured(chromium, html, tmp_path)
+    found = charts_of(dom)
+    memory = found["memory"]
+    labels = {t.attrs["data-band-label"]: t for t in memory.find_all("text", data_band_label=True)}
+    assert "critical" in labels
+    limit = memory.find("g", data_limit="512").find("line")
+    y = float(limit.attrs["y1"])
+    critical = box_of(labels["critical"])
+    assert not critical[1] <= y <= critical[3]
+    for chart in ("memory", "cpu", "latency", "rps"):
+        assert clashes(found[chart]) == [], chart
 
 
 def test_week5_traffic_split_steps_and_rollback(tmp_path, clock, chromium, local_env):
@@ -188,6 +397,48 @@ def test_week4_operations_matched_and_mismatched(tmp_path, clock, chromium, loca
     root = ET.parse(junit).getroot()
     suite = root.find("testsuite[@name='gate week4']")
     assert suite is not None and int(suite.get("failures", "")) == len(verdict.failures)
+    # a pilot puts no load on the release and runs no smoke test: those panels are left out,
+    # said once in plain words, not drawn empty; and no "0 of 0" reads like a result
+    assert set(charts_of(dom)) == {"timeline", "operations"}
+    assert not dom.find_all(data_empty="true")
+    assert not dom.find_all("section", id="chart-latency") and not dom.find_all(id="chart-smoke")
+    text = dom.find("main").text
+    assert "0 of 0" not in text
+    note = dom.find("section", id="not-charted").text
+    assert "Latency over time and Requests per second (no request receipts" in note
+    assert "no load" in note and "Smoke tests (no smoke test receipts)" in note
+    assert "Memory over time and CPU over time (no metrics receipts)" in note
+    assert dom.find("h1").text.startswith("tai_autonomics 2.0.0 · week 4 · Gate 3 ")
+
+
+def test_cpu_is_smoothed_for_display_only(tmp_path, clock, chromium, local_env):
+    """4 samples a second of a process using 1 % of a core, counted in 10 ms ticks: each sample
+    is 0 % or 4 %. The chart shows the rolling mean (about 1 %), says so; the receipts and the
+    gate keep the samples (max 4 %)."""
+    writer = start_run(tmp_path / "receipts.jsonl", "week3")
+    for n in range(80):
+        writer.write("metrics", "monitor", rss_mb=70.0, cpu_percent=4.0 if n % 4 == 3 else 0.0)
+        clock.advance(0.25)
+    verdict = finish_run(writer, "week3", {"cpu.percent": ["max < 80"]})
+    assert verdict.results[0].measured == 4.0
+    before = writer.path.read_bytes()
+    html, _ = write_reports(writer.path, local_env)
+    assert writer.path.read_bytes() == before
+    dom = parse_dom(chromium.dump_dom(html))
+    cpu = charts_of(dom)["cpu"]
+    shown = values(cpu.find("g", data_series="cpu"))
+    assert len(shown) == 21  # 20 s of samples from .25 s past a second: 21 bins of 1 s
+    assert all(0.6 <= v <= 1.4 for v in shown[1:-1]), shown  # not a 0 % / 4 % sawtooth
+    assert all(0.5 <= v <= 2 for v in shown), shown  # the ends: windows cut by the run
+    assert sum(shown) / len(shown) == pytest.approx(1.0, abs=0.1)
+    assert float(cpu.attrs["data-y-max"]) >= 10  # near idle reads as near idle
+    caption = dom.find("section", id="chart-cpu").find("p", **{"class": "caption"}).text
+    assert "rolling 3 s window" in caption and "display only" in caption
+    assert "Highest single sample: 4 %" in caption
+    line = cpu.find("g", data_threshold="cpu.percent max < 80")
+    assert line.attrs["data-passed"] == "true"
+    row = dom.find("tr", data_metric="cpu.percent")
+    assert float(row.attrs["data-measured"]) == 4.0  # the gate's value, untouched
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ TOP = 34
 BOTTOM = 34
 PLOT_W = WIDTH - LEFT - RIGHT
 DOTS_UP_TO = 90  # draw a dot per point on short series
+BAND_LABEL_SIZE = 10.0  # px, svg text.band-label in page.CSS
 
 PALETTE = ("#1c6dd0", "#e8590c", "#2b8a3e", "#9c36b5", "#0b7285", "#c2255c", "#5c940d")
 PASS = "#2b8a3e"
@@ -60,6 +61,149 @@ def label_num(value: float) -> str:
     if abs(value) >= 1000:
         return f"{value:,.0f}"
     return f"{value:.3g}"
+
+
+def text_width(text: str, size: float = 12.0, bold: bool = False) -> float:
+    """A generous estimate of a text's rendered width in px (DejaVu Sans, the page's font where
+    system-ui has no other): at or a little over what Chromium measures (getBBox) for the labels
+    we draw, so boxes laid out with it do not overlap on screen."""
+    em = 0.0
+    for ch in text:
+        if ch in " .":
+            em += 0.32
+        elif ch in ",:;":
+            em += 0.36
+        elif ch in "il|!'":
+            em += 0.30
+        elif ch in "fjtr()[]-":
+            em += 0.42
+        elif ch in "mMwW":
+            em += 1.0
+        elif ch.isupper():
+            em += 0.72
+        elif ch.isdigit():
+            em += 0.64
+        elif ch.isascii():
+            em += 0.62
+        else:
+            em += 0.92
+    return em * size * (1.14 if bold else 1.0) * 1.05
+
+
+def fit_text(text: str, room: float, size: float = 12.0, bold: bool = False) -> str:
+    """The text, or as much of it as fits in `room` px with an ellipsis ("" when nothing does)."""
+    if text_width(text, size, bold) <= room:
+        return text
+    for end in range(len(text) - 1, 0, -1):
+        short = text[:end].rstrip() + "…"
+        if text_width(short, size, bold) <= room:
+            return short
+    return ""
+
+
+@dataclass(frozen=True)
+class Placed:
+    """Where a bar's label goes: its text (maybe shortened), anchor x and side, and its box."""
+
+    text: str
+    x: float
+    anchor: str  # start, end
+    where: str  # right, inside, left (of its bar)
+    left: float
+    right: float
+
+
+LABEL_GAP = 6.0
+
+
+def place_bar_labels(
+    bars: Sequence[tuple[float, float]],
+    texts: Sequence[str],
+    lo: float,
+    hi: float,
+    size: float = 12.0,
+    bold: bool = True,
+) -> list[Placed]:
+    """Labels for the bars of one row (x0, x1 in px, as drawn), inside [lo, hi], so that no label
+    overlaps another label or any bar but its own (which it only enters when it fits inside).
+
+    Each label tries, in order: right of its bar, inside it, left of it; when none fits, it is
+    shortened (…) to the largest free room among those three."""
+    gap = LABEL_GAP
+    order = sorted(range(len(bars)), key=lambda i: bars[i])
+    placed: dict[int, Placed] = {}
+
+    def free(a: float, b: float, own: int) -> bool:
+        if a < lo or b > hi:
+            return False
+        for j, (x0, x1) in enumerate(bars):
+            if j != own and a < x1 + 1 and b > x0 - 1:
+                return False
+        return all(b <= p.left - 2 or a >= p.right + 2 for p in placed.values() if p.text)
+
+    def room(a: float, b: float, own: int, grow_right: bool) -> float:
+        """How wide a label may be from a (growing right) or from b (growing left)."""
+        limit = hi if grow_right else lo
+        for j, (x0, x1) in enumerate(bars):
+            if j == own:
+                continue
+            if grow_right and x1 + 1 > a:
+                limit = min(limit, x0 - 1 - 2)
+            elif not grow_right and x0 - 1 < b:
+                limit = max(limit, x1 + 1 + 2)
+        for p in placed.values():
+            if not p.text:
+                continue
+            if grow_right and p.right + 2 > a:
+                limit = min(limit, p.left - 2)
+            elif not grow_right and p.left - 2 < b:
+                limit = max(limit, p.right + 2)
+        return (limit - a) if grow_right else (b - limit)
+
+    for i in order:
+        x0, x1 = bars[i]
+        text = texts[i]
+        width = text_width(text, size, bold)
+        right = (x1 + gap, x1 + gap + width)
+        left = (x0 - gap - width, x0 - gap)
+        inside = x1 - x0 >= width + 2 * gap
+        if free(*right, i):
+            placed[i] = Placed(text, right[0], "start", "right", *right)
+        elif inside and free(x0 + gap, x0 + gap + width, i):
+            placed[i] = Placed(text, x0 + gap, "start", "inside", x0 + gap, x0 + gap + width)
+        elif free(*left, i):
+            placed[i] = Placed(text, left[1], "end", "left", *left)
+        else:
+            options = [
+                (room(x1 + gap, x1 + gap, i, True), "right"),
+                (x1 - x0 - 2 * gap if x1 - x0 > 2 * gap else 0.0, "inside"),
+                (room(x0 - gap, x0 - gap, i, False), "left"),
+            ]
+            best, where = max(options, key=lambda o: o[0])
+            short = fit_text(text, best, size, bold)
+            w = text_width(short, size, bold) if short else 0.0
+            if where == "right":
+                placed[i] = Placed(short, x1 + gap, "start", where, x1 + gap, x1 + gap + w)
+            elif where == "inside":
+                placed[i] = Placed(short, x0 + gap, "start", where, x0 + gap, x0 + gap + w)
+            else:
+                placed[i] = Placed(short, x0 - gap, "end", where, x0 - gap - w, x0 - gap)
+    return [placed[i] for i in range(len(bars))]
+
+
+def place_in_band(
+    top: float, bottom: float, height: float, blocked: Sequence[tuple[float, float]]
+) -> float | None:
+    """The baseline of a text `height` px tall inside [top, bottom] (px, top < bottom), as low as
+    possible, whose box [baseline - height, baseline + 3] meets none of the `blocked` y ranges
+    (lines, other labels). None when there is no such place."""
+    baseline = bottom - 3
+    while baseline - height - 1 >= top:
+        hits = [a for a, b in blocked if a < baseline + 4 and b > baseline - height - 1]
+        if not hits:
+            return baseline
+        baseline = min(hits) - 4.01
+    return None
 
 
 def clock(seconds: float, span: float) -> str:
@@ -181,6 +325,7 @@ class TimeChart:
         y_label: str | None = None,
         log: bool = False,
         bin_s: int = 1,
+        y_floor: float = 0.0,
     ):
         self.chart, self.title, self.unit = chart, title, unit
         self.log = log
@@ -190,6 +335,7 @@ class TimeChart:
         self.height = height
         self.plot_h = height - TOP - BOTTOM
         self.fixed_y = y_max
+        self.y_floor = y_floor  # the linear axis never tops out below this (no zooming on noise)
         self.y_label = y_label or unit
         self.series: list[Series] = []
         self.stacked: list[Series] = []
@@ -246,7 +392,7 @@ class TimeChart:
                 peak = max(peak, sum((s.values[i] or 0.0) for s in self.stacked))
         for line in self.lines:
             peak = max(peak, line.value)
-        return nice_top(peak * 1.08 if peak > 0 else 1.0)
+        return max(nice_top(peak * 1.08 if peak > 0 else 1.0), self.y_floor)
 
     # ---------------------------------------------------------------- rendering
 
@@ -272,11 +418,12 @@ class TimeChart:
         next_free = 0.0  # labels sit beside their line in the right margin, never overlapping
         for line in sorted(self.lines, key=lambda line: -line.value):
             label_y = max(self.y(line.value) + 4, next_free)
-            next_free = label_y + 27
+            next_free = label_y + 29  # the label and the metric below it, boxes apart
             out += self._line(line, label_y)
         rows: list[list[tuple[float, float]]] = []  # label extents already used, per text row
         for marker in sorted(self.markers, key=lambda m: m.t):
             out += self._marker(marker, rows)
+        out += self._band_labels()
         out += self._legend()
         out.append("</svg>")
         return "".join(out)
@@ -295,12 +442,82 @@ class TimeChart:
                 f' data-to="{num(round(band.high, 3))}" x="{x0}" y="{top:.1f}" width="{x1 - x0}"'
                 f' height="{bottom - top:.1f}" fill="{fill}"/>'
             )
-            if bottom - top >= 11:
-                out.append(
-                    f'<text x="{x1 - 4}" y="{bottom - 3:.1f}" text-anchor="end" class="band-label">'
-                    f"{esc(band.name)}</text>"
-                )
         return out
+
+    def _band_labels(self) -> list[str]:
+        """Each band's name inside its band, bottom right (else bottom left), where no line
+        (threshold, limit, series, marker) and no other band label crosses it; left out when
+        the band has no such place (the caption names the bands anyway)."""
+        out: list[str] = []
+        x0, x1 = LEFT, LEFT + PLOT_W
+        placed: list[tuple[float, float, float, float]] = []  # x0, x1, y0, y1 of labels drawn
+        for band in self.bands:
+            low, high = max(self.y_lo, band.low), min(band.high, self.y_top)
+            if high <= low:
+                continue
+            top, bottom = self.y(high), self.y(low)
+            width = text_width(band.name, BAND_LABEL_SIZE)
+            for anchor, tx, xa, xb in (
+                ("end", x1 - 4, x1 - 4 - width, x1 - 4),
+                ("start", x0 + 4, x0 + 4, x0 + 4 + width),
+            ):
+                blocked = self.occupied(xa - 2, xb + 2)
+                blocked += [(a, b) for pa, pb, a, b in placed if pa < xb and pb > xa]
+                baseline = place_in_band(top, bottom, BAND_LABEL_SIZE, blocked)
+                if baseline is None:
+                    continue
+                placed.append((xa, xb, baseline - BAND_LABEL_SIZE, baseline + 3))
+                out.append(
+                    f'<text x="{tx}" y="{baseline:.1f}" text-anchor="{anchor}" class="band-label"'
+                    f' data-band-label="{esc(band.name)}">{esc(band.name)}</text>'
+                )
+                break
+        return out
+
+    def occupied(self, xa: float, xb: float) -> list[tuple[float, float]]:
+        """The y ranges (px) that lines (grid, thresholds, limit, series), points, bars and
+        markers cover between xa and xb."""
+        bottom = TOP + self.plot_h
+        spans: list[tuple[float, float]] = []
+        for line in self.lines:
+            y = self.y(line.value)
+            spans.append((y - 2, y + 2))
+        for value in self.y_ticks():  # the grid
+            y = self.y(value)
+            spans.append((y - 0.5, y + 0.5))
+        for marker in self.markers:
+            if xa <= self.x(marker.t) <= xb:
+                spans.append((TOP, bottom))
+        for series in self.series:
+            points = [
+                (self.x(t + series.width_s / 2), self.y(v), t)
+                for t, v in zip(series.ts, series.values, strict=True)
+                if v is not None
+            ]
+            if series.style == "bar":
+                for t, v in zip(series.ts, series.values, strict=True):
+                    if v is not None and self.x(t) < xb and self.x(t + series.width_s) > xa:
+                        spans.append((self.y(v), bottom))
+                continue
+            for i, (px, py, t) in enumerate(points):
+                if xa - 4 <= px <= xb + 4:
+                    spans.append((py - 4, py + 4))  # the point's dot
+                if i + 1 < len(points):
+                    qx, qy, qt = points[i + 1]
+                    joined = qt - t <= series.width_s * 1.5
+                    if joined and px < xb and qx > xa:
+                        spans.append((min(py, qy) - 2, max(py, qy) + 2))
+        stacks = self.stacked
+        for i in range(len(stacks[0].values) if stacks else 0):
+            t = stacks[0].ts[i]
+            if self.x(t) < xb and self.x(t + stacks[0].width_s) > xa:
+                total = sum((s.values[i] or 0.0) for s in stacks)
+                spans.append((self.y(total), bottom))
+        for _, rects in self.areas:
+            for t0, t1, low, high in rects:
+                if high > low and self.x(t0) < xb and self.x(t1) > xa:
+                    spans.append((self.y(high), self.y(low)))
+        return spans
 
     def _axes(self) -> list[str]:
         out = []
@@ -422,16 +639,18 @@ class TimeChart:
                     "data-passed": None if line.passed is None else str(line.passed).lower(),
                 }
             )
+        room = WIDTH - (LEFT + PLOT_W + 8) - 4  # the labels stay inside the chart
+        metric = line.metric if line.kind == "threshold" else "limit"
         return [
-            f"<g{_attrs(attrs)}>",
+            f"<g{_attrs(attrs)}><title>{esc(line.label + mark)}</title>",
             f'<line x1="{LEFT}" x2="{LEFT + PLOT_W}" y1="{y:.1f}" y2="{y:.1f}" stroke="{color}"'
             f' stroke-width="{width}"{dash}/>',
             f'<line x1="{LEFT + PLOT_W}" x2="{LEFT + PLOT_W + 6}" y1="{y:.1f}" y2="{label_y - 4:.1f}"'
             f' stroke="{color}"/>',
             f'<text x="{LEFT + PLOT_W + 8}" y="{label_y:.1f}" class="line-label" fill="{color}">'
-            f"{esc(line.short + mark)}</text>",
-            f'<text x="{LEFT + PLOT_W + 8}" y="{label_y + 12:.1f}" class="line-metric">'
-            f"{esc(line.metric if line.kind == 'threshold' else 'limit')}</text>",
+            f"{esc(fit_text(line.short + mark, room, 12.0, True))}</text>",
+            f'<text x="{LEFT + PLOT_W + 8}" y="{label_y + 13.5:.1f}" class="line-metric">'
+            f"{esc(fit_text(metric, room, 10.5))}</text>",
             "</g>",
         ]
 
@@ -499,11 +718,23 @@ class TimeChart:
         return out
 
 
-def empty_chart(chart: str, title: str, why: str) -> str:
-    return (
+class Empty(str):
+    """A chart with nothing to draw (its SVG says why): the page leaves such panels out."""
+
+    why: str
+
+    def __new__(cls, svg: str, why: str) -> Empty:
+        made = super().__new__(cls, svg)
+        made.why = why
+        return made
+
+
+def empty_chart(chart: str, title: str, why: str) -> Empty:
+    return Empty(
         f'<svg class="chart" data-chart="{esc(chart)}" data-empty="true" viewBox="0 0 {WIDTH} 60"'
         f' width="100%" role="img" aria-label="{esc(title)}"><title>{esc(title)}</title>'
-        f'<text x="{LEFT}" y="34" class="empty">{esc(why)}</text></svg>'
+        f'<text x="{LEFT}" y="34" class="empty">{esc(why)}</text></svg>',
+        why,
     )
 
 
@@ -611,38 +842,58 @@ def gantt(chart: str, title: str, spans: Sequence[Span], x_max: float) -> str:
             f"{esc(clock(t, x_max))}</text>"
         )
     for i, name in enumerate(rows):
+        shown = fit_text(name, LEFT - 8 - 4)  # the names' column is the left margin
         out.append(
             f'<text x="{LEFT - 8}" y="{TOP + i * row_h + 17}" text-anchor="end" class="row-label">'
-            f"{esc(name)}</text>"
+            + (f"<title>{esc(name)}</title>" if shown != name else "")
+            + f"{esc(shown)}</text>"
         )
     states = ",".join(s.state for s in spans)
     out.append(
         f'<g class="series" data-series="stages" data-points="{len(spans)}"'
         f' data-values="{esc(states)}">'
     )
+    drawn: list[tuple[float, float]] = []  # each span's bar as drawn, px
     for span in spans:
+        x0 = x(span.start)
+        x1 = x0 + 6 if span.state == "skipped" else max(x(span.end), x0 + 2.0)
+        drawn.append((x0, x1))
+    labels: dict[int, Placed] = {}
+    for name in rows:  # labels right of, inside or left of their bar, never over anything
+        mine = [i for i, span in enumerate(spans) if span.row == name]
+        found = place_bar_labels(
+            [drawn[i] for i in mine], [spans[i].label for i in mine], LEFT + 2, WIDTH - 4
+        )
+        labels.update(zip(mine, found, strict=True))
+    for n, (span, (x0, x1)) in enumerate(zip(spans, drawn, strict=True)):
+        label = labels[n]
         i = rows.index(span.row)
         y = TOP + i * row_h + 4
-        x0, x1 = x(span.start), x(span.end)
         color = colors.get(span.state, SKIP)
-        attrs = {"class": "stage", "data-stage": span.row, "data-state": span.state, **span.attrs}
-        out.append(f"<g{_attrs(attrs)}>")
-        if span.state == "skipped":
-            out.append(
-                f'<rect x="{x0:.1f}" y="{y}" width="6" height="{row_h - 8}" fill="{color}"/>'
-            )
-            x1 = x0 + 6
-        else:
-            out.append(
-                f'<rect x="{x0:.1f}" y="{y}" width="{max(x1 - x0, 2.0):.1f}" height="{row_h - 8}"'
-                f' fill="{color}" rx="2"/>'
-            )
-        anchor_right = x1 + 6 + 7 * len(span.label) > LEFT + PLOT_W
-        tx, anchor = (x0 - 6, "end") if anchor_right else (max(x1, x0 + 2) + 6, "start")
+        attrs = {
+            "class": "stage",
+            "data-stage": span.row,
+            "data-state": span.state,
+            **span.attrs,
+            "data-label-x0": f"{label.left:.1f}",
+            "data-label-x1": f"{label.right:.1f}",
+            "data-bar-x0": f"{x0:.1f}",
+            "data-bar-x1": f"{x1:.1f}",
+        }
+        out.append(f"<g{_attrs(attrs)}><title>{esc(span.row + ': ' + span.label)}</title>")
+        corner = "" if span.state == "skipped" else ' rx="2"'
         out.append(
-            f'<text x="{tx:.1f}" y="{y + 13}" text-anchor="{anchor}" class="row-note"'
-            f' fill="{color}">{esc(span.label)}</text></g>'
+            f'<rect x="{x0:.1f}" y="{y}" width="{x1 - x0:.1f}" height="{row_h - 8}"'
+            f' fill="{color}"{corner}/>'
         )
+        if label.text:
+            inside = label.where == "inside"
+            out.append(
+                f'<text x="{label.x:.1f}" y="{y + 13}" text-anchor="{label.anchor}"'
+                f' class="row-note{" inside" if inside else ""}"'
+                f' fill="{"#fff" if inside else color}">{esc(label.text)}</text>'
+            )
+        out.append("</g>")
     out.append("</g>")
     out.append(
         f'<line x1="{LEFT}" x2="{LEFT + PLOT_W}" y1="{TOP + plot_h}" y2="{TOP + plot_h}"'
@@ -650,11 +901,11 @@ def gantt(chart: str, title: str, spans: Sequence[Span], x_max: float) -> str:
     )
     legend = [("passed", PASS), ("failed", FAIL), ("skipped", SKIP), ("no end", "#f08c00")]
     lx = LEFT
-    for label, color in legend:
+    for state, color in legend:
         out.append(
             f'<rect x="{lx}" y="10" width="14" height="10" fill="{color}"/>'
-            f'<text x="{lx + 20}" y="19" class="legend">{label}</text>'
+            f'<text x="{lx + 20}" y="19" class="legend">{state}</text>'
         )
-        lx += 34 + 7 * len(label)
+        lx += 34 + 7 * len(state)
     out.append("</svg>")
     return "".join(out)

@@ -104,6 +104,8 @@ class Bin:
         "hist",
         "rss_max",
         "cpu_max",
+        "cpu_sum",
+        "cpu_n",
         "samples",
         "matched",
         "mismatched",
@@ -115,6 +117,8 @@ class Bin:
         self.hist: dict[int, int] = {}
         self.rss_max: float | None = None
         self.cpu_max: float | None = None
+        self.cpu_sum = 0.0  # for the mean (the CPU chart's smoothing); the max is what gates see
+        self.cpu_n = 0
         self.samples = 0
         self.matched = 0
         self.mismatched = 0
@@ -129,6 +133,8 @@ class Bin:
             self.rss_max = other.rss_max
         if other.cpu_max is not None and (self.cpu_max is None or other.cpu_max > self.cpu_max):
             self.cpu_max = other.cpu_max
+        self.cpu_sum += other.cpu_sum
+        self.cpu_n += other.cpu_n
         self.samples += other.samples
         self.matched += other.matched
         self.mismatched += other.mismatched
@@ -261,8 +267,11 @@ class ReportCollector:
         if rss is not None and (b.rss_max is None or rss > b.rss_max):
             b.rss_max = rss
         cpu = _number(record.get("cpu_percent"))
-        if cpu is not None and (b.cpu_max is None or cpu > b.cpu_max):
-            b.cpu_max = cpu
+        if cpu is not None:
+            b.cpu_sum += cpu
+            b.cpu_n += 1
+            if b.cpu_max is None or cpu > b.cpu_max:
+                b.cpu_max = cpu
 
     def _operation(self, record: dict[str, Any]) -> None:
         b = self._bin(record.get("ts"))
@@ -492,6 +501,8 @@ class Point:
     cpu_max: float | None
     matched: int
     mismatched: int
+    cpu_sum: float = 0.0  # the bin's CPU samples, summed, and how many (for means)
+    cpu_n: int = 0
 
 
 @dataclass
@@ -607,6 +618,8 @@ def build(
                 cpu_max=b.cpu_max,
                 matched=b.matched,
                 mismatched=b.mismatched,
+                cpu_sum=b.cpu_sum,
+                cpu_n=b.cpu_n,
             )
         )
     return Report(

@@ -21,6 +21,7 @@ CHART_OF_METRIC = {
     "traffic.percent": "traffic",
 }
 _NOT_A_LEVEL = ("count", "rate")  # aggregations that are not a level on the chart's y axis
+NO_REQUESTS = "no request receipts: this run put no load on the release"
 BAND_ORDER = ("green", "amber", "orange", "red")
 
 CSS = """
@@ -63,6 +64,7 @@ svg text.band-label { font-size: 10px; fill: #868e96; }
 svg text.marker-label { font-size: 11px; font-weight: 600; }
 svg text.row-label { font-size: 12px; }
 svg text.row-note { font-size: 12px; font-weight: 600; }
+svg text.row-note.inside { stroke: none; }
 svg text.empty { font-size: 13px; fill: #868e96; }
 footer { color: #6c757d; font-size: 12px; margin-top: 18px; }
 """
@@ -158,7 +160,7 @@ def _x_max(report: Report) -> float:
 def chart_timeline(report: Report) -> str:
     bars = report.timeline()
     if not bars:
-        return charts.empty_chart("timeline", "Stage timeline", "no stage receipts in this run")
+        return charts.empty_chart("timeline", "Stage timeline", "no stage receipts")
     spans = []
     for bar in bars:
         start = bar["start"] if bar["start"] is not None else 0.0
@@ -185,7 +187,7 @@ def chart_latency(report: Report, lines: list[HLine]) -> str:
     pts = [p for p in report.points if p.requests and p.p50 is not None]
     title = f"Latency per {report.bin_s} s (p50, p95)"
     if not pts:
-        return charts.empty_chart("latency", title, "no request receipts in this run")
+        return charts.empty_chart("latency", title, NO_REQUESTS)
     chart = charts.TimeChart(
         "latency",
         title,
@@ -210,7 +212,7 @@ def chart_rps(report: Report, lines: list[HLine]) -> str:
     title = f"Requests per second (bins of {report.bin_s} s)"
     with_requests = [i for i, p in enumerate(report.points) if p.requests]
     if not with_requests:
-        return charts.empty_chart("rps", title, "no request receipts in this run")
+        return charts.empty_chart("rps", title, NO_REQUESTS)
     pts = report.points[with_requests[0] : with_requests[-1] + 1]
     width = report.bin_s
     ts = [p.t for p in pts]
@@ -241,7 +243,7 @@ def chart_memory(report: Report, env: Env, lines: list[HLine]) -> str:
     pts = [p for p in report.points if p.rss_max is not None]
     title = f"Memory (resident, max per {report.bin_s} s)"
     if not pts:
-        return charts.empty_chart("memory", title, "no metrics receipts in this run")
+        return charts.empty_chart("memory", title, "no metrics receipts")
     limit = env.monitor.memory_limit_mb
     chart = charts.TimeChart(
         "memory", title, "MB", _x_max(report), bin_s=report.bin_s, y_label="RSS (MB)"
@@ -258,26 +260,95 @@ def chart_memory(report: Report, env: Env, lines: list[HLine]) -> str:
     return chart.render()
 
 
+CPU_WINDOW_S = 3  # the CPU chart's rolling mean: ~12 samples at 4 Hz, steps of 0.33 % not 4 %
+CPU_FLOOR = 10.0  # % : the CPU axis tops out at 10 % at least, so near-idle reads as near idle
+
+
+def cpu_smoothed(report: Report) -> tuple[list[float], list[float | None], int]:
+    """The CPU samples' mean over a rolling window centred on each bin (for display only: the
+    receipts and the gates keep every sample), weighted by the samples in each bin. The window
+    is the odd number of bins closest to CPU_WINDOW_S (3 bins of 1 s; one bin of 2 s or more,
+    each already a mean of 8 samples or more at 4 Hz). Returns the bins' start times, the means,
+    and the window in seconds."""
+    pts = [p for p in report.points if p.cpu_n]
+    half = max(0, round((CPU_WINDOW_S / report.bin_s - 1) / 2))  # bins each side
+    reach = half * report.bin_s + 1e-6
+    ts = [p.t for p in pts]
+    values: list[float | None] = []
+    lo = 0
+    for p in pts:
+        while pts[lo].t < p.t - reach:
+            lo += 1
+        window = [q for q in pts[lo : lo + 2 * half + 1] if q.t <= p.t + reach]
+        values.append(sum(q.cpu_sum for q in window) / sum(q.cpu_n for q in window))
+    return ts, values, (2 * half + 1) * report.bin_s
+
+
+def _cpu_window(window: int, bin_s: int) -> str:
+    return f"rolling mean over {window} s" if window > bin_s else f"mean per {window} s"
+
+
 def chart_cpu(report: Report, env: Env, lines: list[HLine]) -> str:
-    pts = [p for p in report.points if p.cpu_max is not None]
-    title = f"CPU (% of one core, max per {report.bin_s} s)"
-    if not pts:
-        return charts.empty_chart("cpu", title, "no metrics receipts in this run")
+    ts, smoothed, window = cpu_smoothed(report)
+    title = f"CPU (% of one core, {_cpu_window(window, report.bin_s)})"
+    if not ts:
+        return charts.empty_chart("cpu", title, "no metrics receipts")
     chart = charts.TimeChart(
-        "cpu", title, "%", _x_max(report), bin_s=report.bin_s, y_label="CPU (%)"
+        "cpu",
+        title,
+        "%",
+        _x_max(report),
+        bin_s=report.bin_s,
+        y_label="CPU (%)",
+        y_floor=CPU_FLOOR,
     )
     chart.bands += soft_bands(env, "cpu_percent", 1.0)
     chart.series.append(
-        Series("cpu", "CPU %", [p.t for p in pts], [p.cpu_max for p in pts], PALETTE[3])
+        Series(
+            "cpu",
+            f"CPU %, {_cpu_window(window, report.bin_s)}",
+            ts,
+            smoothed,
+            PALETTE[3],
+            width_s=report.bin_s,
+        )
     )
-    chart.series[-1].width_s = report.bin_s
     chart.lines += lines
     return chart.render()
 
 
+def cpu_caption(report: Report) -> str:
+    _, _, window = cpu_smoothed(report)
+    samples = sum(p.cpu_n for p in report.points)
+    bins = sum(1 for p in report.points if p.cpu_n)
+    peak = max((p.cpu_max for p in report.points if p.cpu_max is not None), default=None)
+    per = samples / bins * min(window / report.bin_s, bins) if bins else 0.0
+    rate = samples / (bins * report.bin_s) if bins else 0.0  # samples a second
+    where = (
+        f"over a rolling {window} s window centred on each point"
+        if window > report.bin_s
+        else f"in each {window} s bin"
+    )
+    text = (
+        f"Mean of the CPU samples {where} (about {per:.0f} sample{'s' if round(per) != 1 else ''}"
+        " each), % of one core (whole process tree)."
+    )
+    if rate >= 1.5:
+        text += (
+            f" Smoothed for display only: at about {rate:.0f} samples a second, where CPU time "
+            f"is counted in clock ticks of 10 ms, one sample moves in steps of {rate:.0f} %; "
+            "the receipts and the gate keep every sample."
+        )
+    else:
+        text += " For display only: the receipts and the gate keep every sample."
+    if peak is not None:
+        text += f" Highest single sample: {peak:.4g} % (what a cpu.percent max rule judges)."
+    return text
+
+
 def chart_smoke(report: Report) -> str:
     if not report.smoke:
-        return charts.empty_chart("smoke", "Smoke tests", "no smoke test receipts in this run")
+        return charts.empty_chart("smoke", "Smoke tests", "no smoke test receipts")
     stages = {item["stage"] for item in report.smoke}
     rows = []
     for item in report.smoke:
@@ -352,7 +423,7 @@ def chart_operations(report: Report) -> str:
     pts = [p for p in report.points if p.matched or p.mismatched]
     title = f"Pilot operations per {report.bin_s} s: matched / mismatched"
     if not pts:
-        return charts.empty_chart("operations", title, "no operation receipts in this run")
+        return charts.empty_chart("operations", title, "no operation receipts")
     chart = charts.TimeChart(
         "operations", title, "ops", _x_max(report), bin_s=report.bin_s, y_label="operations"
     )
@@ -544,6 +615,119 @@ def _card(chart_id: str, title: str, svg: str, caption: str = "") -> str:
     return f'<section class="card" id="chart-{esc(chart_id)}"><h2>{esc(title)}</h2>{svg}{cap}</section>'
 
 
+def _panels(report: Report, env: Env, env_note: str) -> list[str]:
+    """The chart cards, in order. A panel with no data in this phase (no load: no latency or
+    requests per second; no smoke tests; ...) is left out, and one line says which and why."""
+    lines = threshold_lines(report)
+    limit = env.monitor.memory_limit_mb
+    bands = env.monitor.bands.get("memory_percent")
+    band_text = (
+        ", ".join(
+            f"{n} < {charts.num(getattr(bands, n))} % "
+            f"({charts.num(round(getattr(bands, n) * limit / 100, 1))} MB)"
+            for n in BAND_ORDER
+        )
+        if bands
+        else "no bands in the env"
+    )
+    passed = sum(1 for s in report.smoke if s["passed"])
+    smoke_caption = f"{passed} of {len(report.smoke)} passed." if report.smoke else ""
+    panels: list[tuple[str, str, str, str]] = [
+        (
+            "timeline",
+            "Stage timeline",
+            chart_timeline(report),
+            "Each bar spans a stage's start and end receipts; the time axis of every chart "
+            "is seconds since the run's first receipt.",
+        ),
+        (
+            "latency",
+            "Latency over time",
+            chart_latency(report, lines.get("latency", [])),
+            "p50 and p95 of the request latencies in each bin (from the schedule, as the gate "
+            "measures them), with the gate's http.latency_ms thresholds.",
+        ),
+        (
+            "rps",
+            "Requests per second",
+            chart_rps(report, lines.get("rps", [])),
+            "Requests completed per second, passed and failed.",
+        ),
+        (
+            "memory",
+            "Memory over time",
+            chart_memory(report, env, lines.get("memory", [])),
+            f"Limit {charts.num(limit)} MB and soft bands of env {clean(env.name)}: "
+            f"{clean(band_text)}. {clean(env_note)}",
+        ),
+        ("cpu", "CPU over time", chart_cpu(report, env, lines.get("cpu", [])), cpu_caption(report)),
+        ("smoke", "Smoke tests", chart_smoke(report), smoke_caption),
+    ]
+    if report.counts.get("traffic") or report.counts.get("rollback"):
+        marks = len(report.rollbacks)
+        panels.append(
+            (
+                "traffic",
+                "Traffic split per revision",
+                chart_traffic(report, lines.get("traffic", [])),
+                f"{len(report.traffic)} traffic changes (dashed: rollout steps)"
+                + (f"; {marks} rollback(s) in red." if marks else "; no rollback."),
+            )
+        )
+    if report.counts.get("operation"):
+        matched = sum(p.matched for p in report.points)
+        mismatched = sum(p.mismatched for p in report.points)
+        panels.append(
+            (
+                "operations",
+                "Pilot operations",
+                chart_operations(report) + _mismatches(report),
+                f"{matched + mismatched} operations: {matched} matched, {mismatched} mismatched.",
+            )
+        )
+    out: list[str] = []
+    missing: dict[str, list[str]] = {}  # why → the panels left out for it
+    note_at: int | None = None
+    for chart_id, title, svg, caption in panels:
+        if isinstance(svg, charts.Empty):
+            missing.setdefault(svg.why, []).append(title)
+            note_at = len(out) if note_at is None else note_at
+            continue
+        out.append(_card(chart_id, title, svg, caption))
+    if note_at is not None:
+        parts = [f"{_and(titles)} ({why})" for why, titles in missing.items()]
+        out.insert(
+            note_at,
+            '<section id="not-charted"><p class="caption">Not charted, for want of data: '
+            f"{clean('; '.join(parts))}.</p></section>",
+        )
+    return out
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def heading(report: Report) -> str:
+    """The page's title: release, phase and gate, each said once ("week 3 · Gate 2")."""
+    from pipeline.phases.all import GATE_NAMES
+
+    release = report.release
+    name = f"{release.get('name') or 'release'} {release.get('version') or ''}".strip()
+    phase = report.phase
+    parts = [name, re.sub(r"^week(\d+)$", r"week \1", phase)]
+    verdict = report.verdict
+    if verdict is None:
+        parts.append("no gate")
+    else:
+        gate = verdict["gate"]
+        if gate in GATE_NAMES:
+            parts.append(GATE_NAMES[gate] if gate == phase else f"{GATE_NAMES[gate]} ({gate})")
+        elif gate != phase:
+            parts.append(f"gate {gate}")
+    return " · ".join(parts)
+
+
 def render(report: Report, env: Env, *, env_note: str = "") -> str:
     v = report.verification
     verdict = report.verdict
@@ -555,9 +739,7 @@ def render(report: Report, env: Env, *, env_note: str = "") -> str:
         status = '<span class="badge pass">PASS</span>'
     else:
         status = '<span class="badge fail">FAIL</span>'
-    release = report.release
-    name = f"{release.get('name') or 'release'} {release.get('version') or ''}".strip()
-    title = f"{name} · {report.phase} · {verdict['gate'] if verdict else 'no gate'}"
+    title = heading(report)
     body = [
         f"<header><h1>{clean(title)} {status}</h1>"
         f'<p class="sub">TAIEA release pipeline run report, built from the receipts alone.</p>'
@@ -575,92 +757,7 @@ def render(report: Report, env: Env, *, env_note: str = "") -> str:
     body.append(_verdicts(report))
     body.append(_errors(report))
     if v.ok:
-        lines = threshold_lines(report)
-        limit = env.monitor.memory_limit_mb
-        bands = env.monitor.bands.get("memory_percent")
-        band_text = (
-            ", ".join(
-                f"{n} < {charts.num(getattr(bands, n))} % ({charts.num(round(getattr(bands, n) * limit / 100, 1))} MB)"
-                for n in BAND_ORDER
-            )
-            if bands
-            else "no bands in the env"
-        )
-        body.append(
-            _card(
-                "timeline",
-                "Stage timeline",
-                chart_timeline(report),
-                "Each bar spans a stage's start and end receipts; the time axis of every chart "
-                "is seconds since the run's first receipt.",
-            )
-        )
-        body.append(
-            _card(
-                "latency",
-                "Latency over time",
-                chart_latency(report, lines.get("latency", [])),
-                "p50 and p95 of the request latencies in each bin (from the schedule, as the gate "
-                "measures them), with the gate's http.latency_ms thresholds.",
-            )
-        )
-        body.append(
-            _card(
-                "rps",
-                "Requests per second",
-                chart_rps(report, lines.get("rps", [])),
-                "Requests completed per second, passed and failed.",
-            )
-        )
-        body.append(
-            _card(
-                "memory",
-                "Memory over time",
-                chart_memory(report, env, lines.get("memory", [])),
-                f"Limit {charts.num(limit)} MB and soft bands of env {clean(env.name)}: "
-                f"{clean(band_text)}. {clean(env_note)}",
-            )
-        )
-        body.append(
-            _card(
-                "cpu",
-                "CPU over time",
-                chart_cpu(report, env, lines.get("cpu", [])),
-                "Highest sample in each bin, % of one core (whole process tree).",
-            )
-        )
-        passed = sum(1 for s in report.smoke if s["passed"])
-        body.append(
-            _card(
-                "smoke",
-                "Smoke tests",
-                chart_smoke(report),
-                f"{passed} of {len(report.smoke)} passed.",
-            )
-        )
-        if report.counts.get("traffic") or report.counts.get("rollback"):
-            marks = len(report.rollbacks)
-            body.append(
-                _card(
-                    "traffic",
-                    "Traffic split per revision",
-                    chart_traffic(report, lines.get("traffic", [])),
-                    f"{len(report.traffic)} traffic changes (dashed: rollout steps)"
-                    + (f"; {marks} rollback(s) in red." if marks else "; no rollback."),
-                )
-            )
-        if report.counts.get("operation"):
-            matched = sum(p.matched for p in report.points)
-            mismatched = sum(p.mismatched for p in report.points)
-            body.append(
-                _card(
-                    "operations",
-                    "Pilot operations",
-                    chart_operations(report) + _mismatches(report),
-                    f"{matched + mismatched} operations: {matched} matched, "
-                    f"{mismatched} mismatched.",
-                )
-            )
+        body += _panels(report, env, env_note)
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     dropped = ", ".join(f"{n} {name}" for name, n in report.dropped.items())
     body.append(
