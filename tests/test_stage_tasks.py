@@ -127,7 +127,9 @@ def test_monitor_unknown_pid_is_bad_input():
 
 
 def test_inspect_and_extract(reference_tarball, tmp_path):
-    inspected = invoke("release.inspect", str(reference_tarball("none", "wrapped")), "--json")
+    inspected = invoke(
+        "release.inspect", "--tarball", str(reference_tarball("none", "wrapped")), "--json"
+    )
     (facts,) = of_kind(inspected.stdout, "release")
     assert (
         facts["layout"] == "wrapped"
