@@ -194,6 +194,12 @@ def fresh(
     tag: str,
     steps: list[int],
 ) -> RolloutState:
+    return RolloutState(
+        run_id, service, endpoint, image, sha256, version, tag, tuple(check_steps(steps))
+    )
+
+
+def check_steps(steps: list[int]) -> list[int]:
     if (
         not steps
         or steps[-1] != 100
@@ -201,4 +207,4 @@ def fresh(
         or steps != sorted(set(steps))
     ):
         raise PipelineError(f"canary steps must rise strictly and end at 100, got {steps}")
-    return RolloutState(run_id, service, endpoint, image, sha256, version, tag, tuple(steps))
+    return steps

@@ -25,6 +25,7 @@ from pipeline.cloudrun.rollout import (
     Step,
     advance,
     canary_routes,
+    check_steps,
     fresh,
     next_step,
     rollback_routes,
@@ -330,6 +331,9 @@ def revision_window(
     }
 
 
+_BACKEND_NAME = {"med": "p50"}  # the backend's name for an aggregation, where it differs
+
+
 def revision_latency_problems(
     spec: GateSpec, latency: dict[str, Any], revision: str | None
 ) -> list[str]:
@@ -346,8 +350,11 @@ def revision_latency_problems(
         for threshold in thresholds:
             if threshold.agg == "count":
                 continue
-            name = f"p{threshold.pct:g}" if threshold.agg == "p" else threshold.agg
-            name = "p50" if name == "med" else name
+            name = (
+                f"p{threshold.pct:g}"
+                if threshold.agg == "p"
+                else _BACKEND_NAME.get(threshold.agg, threshold.agg)
+            )
             value = latency.get(name)
             if value is None:
                 given = ", ".join(k for k in latency if k != "count")
@@ -566,6 +573,7 @@ def run_week5(
 ) -> PhaseResult:
     """Week 5. An emulator this run had to start is stopped at the end (its state is kept, so
     `invoke emulator.start --background` brings the service back), unless `keep_emulator`."""
+    spec = env.gate_spec(env.phase("week5").gate or "week5")  # a bad gate: exit 2, nothing run
     rollout = open_rollout(
         tarball,
         env,
@@ -578,7 +586,7 @@ def run_week5(
         sleep=sleep,
     )
     try:
-        return finish_rollout(rollout, env.gate_spec(env.phase("week5").gate or "week5"))
+        return finish_rollout(rollout, spec)
     finally:
         if rollout.started_emulator and not keep_emulator:
             stop_emulator(env, view)
@@ -598,21 +606,18 @@ def open_rollout(
     **begin: Any,
 ) -> Rollout:
     """Everything a rollout needs, checked before its receipts file is opened (bad input is
-    exit 2 with nothing written): the preflight, the image, the canary steps, the gate; then the
-    run's first line and the rollout state."""
+    exit 2 with nothing written): the preflight, the image, the canary steps; then the run's
+    first line and the rollout state."""
     info = releases.inspect(Path(tarball))
     preflight_facts = preflight(info.sha256, env, view)  # exit 99 naming what fails: no skipping it
-    env.gate_spec(env.phase("week5").gate or "week5")
     image = image_for(env, info)
     settings = env.cloudrun
-    steps = list(settings.canary_steps)
-    fresh("check", settings.service, None, image, info.sha256, info.version, settings.tag, steps)
+    steps = check_steps(list(settings.canary_steps))
     # the real client against a local endpoint: start the emulator if nothing answers there, only
     # now that the input is known good
-    where = endpoint_for(env, endpoint)
-    started = api_factory is None and where is not None and _silent_local(env, where)
+    where, started = endpoint_for(env, endpoint), False
     if api_factory is None:
-        where = ensure_endpoint(env, endpoint, view)
+        where, started = start_endpoint(env, endpoint, view)
     try:
         api = (api_factory or (lambda e, url: RunV2(e.cloudrun, endpoint=url)))(env, where)
         backend = (backend_factory or default_backend)(env, where)
@@ -753,39 +758,27 @@ def default_backend(env: Env, endpoint: str | None) -> Backend:
 def ensure_endpoint(env: Env, override: str | None, view: View | None = None) -> str | None:
     """The API endpoint to use; with a local endpoint where nothing answers yet, start the
     emulator in the background (and say how to stop it)."""
-    import subprocess
-    import sys
+    return start_endpoint(env, override, view)[0]
+
+
+def start_endpoint(
+    env: Env, override: str | None, view: View | None = None
+) -> tuple[str | None, bool]:
+    """`ensure_endpoint`, and whether it started the emulator (then the run stops it)."""
     from urllib.parse import urlsplit
 
     from pipeline.runtime.readiness import http_status
 
     where = endpoint_for(env, override)
     if where is None or not _silent_local(env, where):
-        return where
-    probe_path = _probe_path(env)
+        return where, False
     port = urlsplit(where).port or 8089
-    repo = Path(__file__).resolve().parent.parent.parent
-    started = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.emulator",
-            "start",
-            "--background",
-            "--port",
-            str(port),
-            "--env",
-            str(env.path),
-        ],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    started = _emulator("start", "--background", "--port", str(port), "--env", str(env.path))
     if started.returncode != 0:
         raise PipelineError(
             f"no Cloud Run API answers at {where} and the emulator did not start: {started.stderr.strip()}"
         )
+    probe_path = _probe_path(env)
     try:
         poll(
             lambda: True if http_status(where, probe_path) else None,
@@ -798,28 +791,32 @@ def ensure_endpoint(env: Env, override: str | None, view: View | None = None) ->
         view.note(
             f"started the local Cloud Run emulator at {where} (stop it with `invoke emulator.stop`)"
         )
-    return where
+    return where, True
 
 
 def stop_emulator(env: Env, view: View | None = None) -> None:
-    """Stop the emulator `ensure_endpoint` started (same state dir: the runs dir's)."""
-    import subprocess
-    import sys
-
-    repo = Path(__file__).resolve().parent.parent.parent
-    subprocess.run(
-        [sys.executable, "-m", "pipeline.emulator", "stop"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    """Stop the emulator `start_endpoint` started (same state dir: the runs dir's)."""
+    _emulator("stop")
     if view is not None:
         view.note(
             "stopped the emulator this run started; its services are kept: "
             f"`invoke emulator.start --background --env {env.path}` brings them back "
             "(--keep-emulator leaves it running)"
         )
+
+
+def _emulator(*args: str) -> Any:
+    """`python -m pipeline.emulator ARGS`, as `invoke emulator.*` runs it."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.emulator", *args],
+        cwd=Path(__file__).resolve().parent.parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def deploy_only(
