@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INVOKE := $(VENV)/bin/invoke
 DEB_PACKAGES := erlang-base erlang-inets erlang-crypto erlang-dev runsc wrk openssh-server chromium \
-	gcc libc6-dev libssl-dev
+	gcc libc6-dev libssl-dev stress-ng
 
 .PHONY: setup deb demo test lint bench clean
 
@@ -33,8 +33,12 @@ lint: setup
 	$(VENV)/bin/ruff format --check pipeline tests bench tasks.py
 	$(VENV)/bin/mypy pipeline
 
+# Two workers (xdist): most tests wait on releases, sandboxes and emulators rather than compute.
+# Sandbox modules share one worker (tests/conftest.py SANDBOX_MODULES); TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
+
 test: lint
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
 
 demo: setup
 	$(INVOKE) demo

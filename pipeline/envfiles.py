@@ -25,6 +25,26 @@ def resolve(name_or_path: str | Path) -> Path:
     return ENVS_DIR / f"{text}.toml"
 
 
+def parent_of(path: Path, extends: str) -> Path:
+    """The file that `extends` in the env file `path` names. A name (no '/', no .toml suffix) is
+    the env file of that name beside `path` (but never `path` itself), else the built-in one in
+    envs/; anything else is a path, relative to `path`'s folder."""
+    if "/" in extends or extends.endswith(".toml"):
+        return path.parent / Path(extends).expanduser()  # an absolute path stays as it is
+    beside = path.parent / f"{extends}.toml"
+    itself = beside.exists() and beside.resolve() == path.resolve()
+    if beside.exists() and not itself:
+        return beside
+    built_in = ENVS_DIR / f"{extends}.toml"
+    if built_in.exists():
+        return built_in
+    known = ", ".join(sorted(p.stem for p in ENVS_DIR.glob("*.toml")))
+    where = "names this file itself" if itself else f"{beside}: no such env file"
+    raise PipelineError(
+        f"{path}: key extends: {where}, and there is no built-in env {extends!r} (envs: {known})"
+    )
+
+
 def _read(path: Path) -> dict[str, Any]:
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in ENVS_DIR.glob("*.toml")))
@@ -71,8 +91,7 @@ def load_raw(path: Path, seen: tuple[Path, ...]) -> tuple[dict[str, Any], dict[s
             raise PipelineError(
                 f"{path}: key extends: expected an env name or path, got {parent!r}"
             )
-        parent_path = resolve(parent) if "/" in parent else path.parent / f"{parent}.toml"
-        merged, sources = load_raw(parent_path, (*seen, path))
+        merged, sources = load_raw(parent_of(path, parent), (*seen, path))
     _merge(merged, data, sources, path)
     merged.pop("extends", None)
     if parent is not None:

@@ -13,6 +13,27 @@ pytest_plugins = [
 ]
 
 
+# Modules that start gVisor sandboxes: under pytest-xdist (`make test` runs two workers) they run
+# on one worker, one after another, because `gvisor_clean` judges "left behind" by what appeared
+# in `runsc list` and the cgroups during a test, machine-wide. Every other module is a group of
+# its own, so its module-scoped fixtures (emulators, built releases) start once.
+SANDBOX_MODULES = {
+    "test_demo.py",
+    "test_emulator_lifecycle.py",
+    "test_gvisor.py",
+    "test_phase2_all.py",
+    "test_remote.py",
+    "test_remote_week2.py",
+    "test_week2.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group("sandboxes" if name in SANDBOX_MODULES else name))
+
+
 def require_tool(tool: str, package: str) -> str:
     """The path of an external tool, or a failure naming the Debian package (never a skip)."""
     path = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")

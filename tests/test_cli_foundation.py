@@ -254,6 +254,51 @@ def test_a_url_that_names_no_release_is_bad_input(task: str, url: str) -> None:
     assert not any(runs_dir().glob("*/receipts.jsonl")), "bad input writes no receipts"
 
 
+URLS_WITH_MORE_THAN_A_BASE = [
+    ("path", "http://127.0.0.1:9/health"),
+    ("path-and-slash", "http://127.0.0.1:9/api/"),
+    ("double-slash", "http://127.0.0.1:9//"),
+    ("query", "http://127.0.0.1:9/?probe=1"),
+    ("empty-query", "http://127.0.0.1:9?"),
+    ("fragment", "http://127.0.0.1:9#top"),
+]
+WHERE_PATHS_COME_FROM = {
+    "smoke": "each smoke test's path comes from the env",
+    "load": "the request mix comes from the env's smoke tests",
+}
+
+
+@pytest.mark.parametrize("task", ["smoke", "load"])
+@pytest.mark.parametrize(
+    "url",
+    [u[1] for u in URLS_WITH_MORE_THAN_A_BASE],
+    ids=[u[0] for u in URLS_WITH_MORE_THAN_A_BASE],
+)
+def test_a_url_with_a_path_is_refused_not_joined_with_every_request(
+    task: str, url: str, tmp_path: Path
+) -> None:
+    """`--url http://host:port/health` used to send every request to /health/health."""
+    out = tmp_path / "receipts.jsonl"
+    line = assert_bad_input(invoke(task, "--url", url, "--receipts", str(out)))
+    assert line == (
+        f"error: --url: expected the release's base URL (http://HOST:PORT), got {url!r}: "
+        f"{WHERE_PATHS_COME_FROM[task]}"
+    )
+    assert not out.exists() and not runs_dir().exists(), "bad input starts no run"
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:9", "http://127.0.0.1:9/"], ids=["bare", "slash"]
+)
+def test_a_base_url_with_or_without_its_slash_is_taken(url: str, tmp_path: Path) -> None:
+    out = tmp_path / "receipts.jsonl"
+    done = invoke("smoke", "--url", url, "--receipts", str(out))
+    assert done.returncode == 99, done.stderr  # nothing listens there: every test fails, judged
+    records = list(receipts.iter_records(out))
+    assert records[0]["kind"] == "run" and records[0]["target"] == "http://127.0.0.1:9"
+    assert sum(1 for r in records if r["kind"] == "receipt") == 5
+
+
 @pytest.mark.parametrize("argv", [["cloudrun.status"], ["cloudrun.scale", "--min-instances", "1"]])
 def test_cloudrun_by_hand_with_nothing_at_a_local_endpoint_says_so_at_once(argv) -> None:
     from pipeline.runtime.process import free_port
@@ -368,11 +413,28 @@ def test_receipts_show_filters_by_kind(tmp_path: Path) -> None:
 
 
 def test_tasks_module_is_the_only_entry_point() -> None:
-    """tasks.py re-exports the pipeline namespace: the same collections via `python -m invoke`."""
+    """tasks.py holds nothing but the re-export of the pipeline namespace (no task of its own),
+    and invoke lists exactly the collections `pipeline.tasks` composes."""
+    import ast
+
+    from pipeline.tasks import namespace
+
+    tree = ast.parse((REPO / "tasks.py").read_text())
+    [statement] = [node for node in tree.body if not isinstance(node, ast.Expr)]
+    assert isinstance(statement, ast.ImportFrom) and statement.module == "pipeline.tasks"
+    assert [(a.name, a.asname) for a in statement.names] == [("namespace", "ns")]
     result = subprocess.run(
-        [sys.executable, "-m", "invoke", "--list"], cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-m", "invoke", "--list", "--list-format", "json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
-    assert result.returncode == 0 and "gate.check" in result.stdout
+    assert result.returncode == 0, result.stderr
+    listed = json.loads(result.stdout)
+    assert sorted(c["name"] for c in listed["collections"]) == sorted(namespace.collections)
+    assert listed["tasks"] == [] or sorted(t["name"] for t in listed["tasks"]) == sorted(
+        namespace.tasks
+    ), "tasks at the top level come from pipeline.tasks only"
 
 
 HELP_AFTER_TASK = [

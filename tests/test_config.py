@@ -136,6 +136,57 @@ def test_extends_by_path(tmp_path: Path) -> None:
     assert config.load_env(child).start.port == 1111
 
 
+ENVS = config.ENVS_DIR
+EXTENDS_RULES = [
+    # (files under tmp_path, the env file loaded, every file its chain reads)
+    ({"x/mine.toml": 'extends = "base"\n'}, "x/mine.toml", ["x/mine.toml", ENVS / "base.toml"]),
+    (
+        {"x/base.toml": GRAND, "x/mine.toml": 'extends = "base"\n'},
+        "x/mine.toml",
+        ["x/mine.toml", "x/base.toml"],
+    ),
+    (
+        {"x/local.toml": 'extends = "local"\n'},
+        "x/local.toml",
+        ["x/local.toml", ENVS / "local.toml", ENVS / "base.toml"],
+    ),
+    (
+        {"x/grand.toml": GRAND, "x/mine.toml": 'extends = "grand.toml"\n'},
+        "x/mine.toml",
+        ["x/mine.toml", "x/grand.toml"],
+    ),
+    (
+        {"grand.toml": GRAND, "x/sub/mine.toml": 'extends = "../../grand.toml"\n'},
+        "x/sub/mine.toml",
+        ["x/sub/mine.toml", "grand.toml"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "files, loaded, chain",
+    EXTENDS_RULES,
+    ids=[
+        "a-name-finds-the-built-in-env",
+        "a-name-beside-the-file-comes-first",
+        "an-env-extending-its-own-name-gets-the-built-in",
+        "a-toml-suffix-is-a-path",
+        "a-relative-path-is-taken-from-the-files-folder",
+    ],
+)
+def test_extends_a_name_or_a_path_from_an_env_file_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, str], loaded: str, chain: list
+) -> None:
+    """A user's own env file, outside envs/, extends a built-in env by name; a path is a path
+    relative to the extending file (not to where the tool runs)."""
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(textwrap.dedent(text), encoding="utf-8")
+    monkeypatch.chdir(tmp_path / "x")  # neither the repo nor the files' folder
+    env = config.load_env(tmp_path / loaded)
+    assert set(env.sources.values()) == {str((tmp_path / p).resolve()) for p in chain}
+
+
 def test_a_relative_path_in_an_env_file_is_taken_from_that_files_folder(tmp_path: Path) -> None:
     (tmp_path / "team").mkdir()
     base = write(
@@ -243,13 +294,18 @@ def test_missing_env_names_the_known_envs(tmp_path: Path) -> None:
     assert "nosuch.toml: no such env file" in message
     assert "local" in message.split("envs:")[1] and "base" in message.split("envs:")[1]
     write(tmp_path, "child", 'extends = "gone"\n')
-    assert "gone.toml: no such env file" in load_error(tmp_path / "child.toml")
+    message = load_error(tmp_path / "child.toml")
+    assert message.startswith(f"{tmp_path / 'child.toml'}: key extends: {tmp_path / 'gone.toml'}: ")
+    assert "no such env file, and there is no built-in env 'gone' (envs: " in message
+    write(tmp_path, "alone", 'extends = "alone"\n')  # its own name: not itself, and none built in
+    message = load_error(tmp_path / "alone.toml")
+    assert "key extends: names this file itself, and there is no built-in env 'alone'" in message
 
 
 @pytest.mark.parametrize(
     "files",
     [
-        {"a": 'extends = "a"\n'},
+        {"a": 'extends = "a.toml"\n'},
         {"a": 'extends = "b"\n', "b": 'extends = "a"\n'},
         {"a": 'extends = "b"\n', "b": 'extends = "c"\n', "c": 'extends = "a"\n'},
     ],

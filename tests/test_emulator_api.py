@@ -24,8 +24,9 @@ EVENT = (
     b'"event_data":{"sku":"professional","timestamp":1234567890}}'
 )
 
-# short queue timeout for the scaling test; everything else as in cloudrun-local
-emulator_settings = {"queue_timeout_s": 1.0, "scale_in_delay_s": 2.0}
+# The shared emulator runs the product's defaults (cloudrun-local). Tests about the queue
+# timeout and scale-in delay themselves use `knobs`: those two knobs short, nothing else changed.
+KNOBS = {"queue_timeout_s": 1.0, "scale_in_delay_s": 2.0}
 
 
 def run_v2() -> Any:
@@ -80,7 +81,27 @@ def images(reference_tarball: Any) -> dict[str, str]:
         "v1": f"file://{reference_tarball('none', version='1.0.0')}",
         "v2": f"file://{reference_tarball('none', version='1.0.1')}",
         "noready": f"file://{reference_tarball('noready')}",
+        "slowstart": f"file://{reference_tarball('slowstart')}",
     }
+
+
+@pytest.fixture(scope="module")
+def knobs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from fixtures_emulator import EmulatorHandle, write_env
+
+    base = tmp_path_factory.mktemp("emulator-knobs")
+    handle = EmulatorHandle(write_env(base / "env.toml", KNOBS), base / "state", in_process=False)
+    handle.start()
+    yield handle
+    handle.cleanup()
+
+
+@pytest.fixture
+def knobs(knobs_emulator: Any) -> Any:
+    """An emulator with a 1 s queue timeout and a 2 s scale-in delay; reset after each test."""
+    yield knobs_emulator
+    if knobs_emulator.proc is not None and knobs_emulator.proc.poll() is None:
+        knobs_emulator.reset()
 
 
 # ------------------------------------------------------------------------------------------
@@ -535,7 +556,8 @@ def test_operations_can_be_waited_for_got_and_listed(emulator, images):
         sc.get_operation(request={"name": name})
 
 
-def test_concurrency_scales_out_to_max_then_queues_then_429(emulator, images):
+def test_concurrency_scales_out_to_max_then_queues_then_429(knobs, images):
+    emulator = knobs
     v2 = run_v2()
     svc = create(
         emulator,
@@ -661,8 +683,12 @@ def test_update_options_allow_missing_validate_only_and_update_mask(emulator, im
     assert full.latest_created_revision != first and full.generation == 3
 
 
-def test_a_request_to_a_revision_scaled_to_zero_cold_starts_an_instance(emulator, images):
-    svc = create(emulator, "sleepy", images["v1"])
+def test_a_request_waits_for_a_cold_start_longer_than_the_queue_timeout(knobs, images):
+    """Cloud Run's semantics: a request an instance is being started for waits for that start;
+    the queue timeout (1 s here) is for requests no instance can be had for. The slowstart
+    release is ready only after 6 s."""
+    emulator = knobs
+    svc = create(emulator, "sleepy", images["slowstart"])
     rev = svc.latest_ready_revision
     [deployed] = emulator.revision_metrics(svc.name, rev)["instance_list"]
     poll(
@@ -670,11 +696,12 @@ def test_a_request_to_a_revision_scaled_to_zero_cold_starts_an_instance(emulator
         timeout=30,
         what="scale-in to zero",
     )
-    assert get(svc.uri, timeout=30)[:2] == (200, short(rev))
+    assert get(svc.uri, timeout=60)[:2] == (200, short(rev)), "no 429 while the start progresses"
     metrics = emulator.revision_metrics(svc.name, rev)
     [cold] = metrics["instance_list"]
     assert cold["pid"] != deployed["pid"] and cold["requests"] == 1
     assert 0 < cold["ready_s"] * 1000 <= metrics["latency_ms"]["max"], "it waited for the start"
+    assert metrics["latency_ms"]["max"] > 5000 > KNOBS["queue_timeout_s"] * 1000
     assert metrics["requests"] == 1 and metrics["failed"] == metrics["rejected"] == 0
 
 

@@ -476,3 +476,135 @@ def test_tampered_receipts_report_says_so(runs, tmp_path, local_env):
     case = root.find("testsuite[@name='receipts']/testcase")
     assert case is not None and case.find("failure") is not None
     assert f"line {index + 1}: edited" in case.find("failure").get("message", "")  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------- whose report is where
+
+
+def finished_run(receipts_path: Path, env: config.Env) -> Any:
+    """A real (small) week 3 run of its own, finished by PhaseRun: sealed, judged, reported."""
+    from test_reporting_synth import RELEASE
+
+    from pipeline import gates
+    from pipeline.phases.base import PhaseRun, QuietView
+
+    run = PhaseRun("week3", env, receipts_path=receipts_path, view=QuietView())
+    run.begin(RELEASE)
+    run.write("startup", "start", seconds=0.5)
+    return run.finish(gates.parse_gate("week3", {"startup.seconds": ["value < 5"]}, "test"))
+
+
+def owners(html: Path, junit: Path) -> tuple[str, str]:
+    """The run id in a page's <meta name="taiea-run-id"> and in its JUnit's run_id property."""
+    meta = parse_dom(html.read_text()).find("meta", name="taiea-run-id").attrs["content"]
+    props = {p.get("name"): p.get("value") for p in ET.parse(junit).getroot().iter("property")}
+    return str(meta), str(props["run_id"])
+
+
+SHARED_FOLDER = [
+    # (first receipts, second receipts, the first run's reports, the second run's)
+    ("a.jsonl", "b.jsonl", ("a.report.html", "a.junit.xml"), ("b.report.html", "b.junit.xml")),
+    (
+        "receipts.jsonl",
+        "b.jsonl",
+        ("report.html", "junit.xml"),
+        ("b.report.html", "b.junit.xml"),
+    ),
+    # the first run's receipts moved away (a receipts file is never overwritten), its reports not
+    (
+        "receipts.jsonl",
+        "receipts.jsonl",
+        ("report.html", "junit.xml"),
+        ("report-2.html", "junit-2.xml"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "first, second, first_reports, second_reports",
+    SHARED_FOLDER,
+    ids=["two-named-receipts", "receipts-jsonl-and-a-named-one", "receipts-jsonl-twice"],
+)
+def test_two_runs_with_receipts_in_one_folder_keep_both_reports(
+    tmp_path, local_env, first, second, first_reports, second_reports
+):
+    folder, reports = tmp_path / "shared", (first_reports, second_reports)
+    one = finished_run(folder / first, local_env)
+    kept = {name: (folder / name).read_bytes() for name in first_reports}
+    if first == second:
+        (tmp_path / "kept").mkdir()
+        (folder / first).rename(tmp_path / "kept" / first)
+    two = finished_run(folder / second, local_env)
+    assert one.run_id != two.run_id
+    written = [(r.facts["report_html"], r.facts["junit_xml"]) for r in (one, two)]
+    assert written == [tuple(str(folder / n) for n in names) for names in reports]
+    assert {name: (folder / name).read_bytes() for name in first_reports} == kept  # untouched
+    for result, (html, junit) in zip((one, two), reports, strict=True):
+        assert owners(folder / html, folder / junit) == (result.run_id, result.run_id)
+
+
+def test_invoke_report_rewrites_its_own_runs_report_and_only_that(tmp_path, local_env):
+    folder = tmp_path / "shared"
+    (tmp_path / "kept").mkdir()
+    one = finished_run(folder / "receipts.jsonl", local_env)
+    (folder / "receipts.jsonl").rename(tmp_path / "kept" / "receipts.jsonl")
+    two = finished_run(folder / "receipts.jsonl", local_env)
+    assert two.facts["report_html"] == str(folder / "report-2.html")
+    theirs = (folder / "report.html").read_bytes()
+    # the same run again: its own files, rewritten in place (also a page from before the meta)
+    page = folder / "report-2.html"
+    page.write_text(re.sub(r'<meta name="taiea-run-id"[^>]*>', "", page.read_text()))
+    again = invoke("report", "--receipts", str(folder / "receipts.jsonl"))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines() == [f"report: {page}", f"junit: {folder / 'junit-2.xml'}"]
+    assert owners(page, folder / "junit-2.xml") == (two.run_id, two.run_id)
+    assert sorted(p.name for p in folder.glob("*.*")) == [
+        "junit-2.xml",
+        "junit.xml",
+        "receipts.jsonl",
+        "report-2.html",
+        "report.html",
+    ]
+    assert (folder / "report.html").read_bytes() == theirs
+    assert owners(folder / "report.html", folder / "junit.xml") == (one.run_id, one.run_id)
+
+
+@pytest.mark.parametrize(
+    "flag, target, held",
+    [
+        ("--html", "report.html", "holds the report of run {one}, not of run {two}"),
+        ("--junit", "junit.xml", "holds the report of run {one}, not of run {two}"),
+        ("--junit", "pytest.xml", "exists and is not a report, not of run {two}"),
+    ],
+    ids=["html-of-another-run", "junit-of-another-run", "someone-elses-junit"],
+)
+def test_invoke_report_refuses_a_path_holding_something_else(
+    tmp_path, local_env, flag, target, held
+):
+    folder = tmp_path / "shared"
+    one = finished_run(folder / "receipts.jsonl", local_env)
+    two = finished_run(folder / "b.jsonl", local_env)
+    (folder / "pytest.xml").write_text(
+        '<?xml version="1.0"?>\n<testsuites><testsuite/></testsuites>'
+    )
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    done = invoke("report", "--receipts", str(folder / "b.jsonl"), flag, str(folder / target))
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert lines == [
+        f"error: {folder / target}: {held.format(one=one.run_id, two=two.run_id)}: {flag} never "
+        "overwrites it; remove it or name another file"
+    ]
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # nothing written
+
+
+def test_a_file_at_the_default_name_that_is_no_report_is_left_alone(tmp_path, local_env):
+    """A CI job's own junit.xml in the folder the receipts go to: the run's goes beside it."""
+    folder = tmp_path / "ci"
+    folder.mkdir()
+    (folder / "junit.xml").write_text("<testsuites/>\n")
+    result = finished_run(folder / "receipts.jsonl", local_env)
+    assert result.facts["report_html"] == str(folder / "report.html")
+    assert result.facts["junit_xml"] == str(folder / "junit-2.xml")
+    assert (folder / "junit.xml").read_text() == "<testsuites/>\n"
+    assert owners(folder / "report.html", folder / "junit-2.xml") == (result.run_id,) * 2

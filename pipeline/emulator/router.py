@@ -7,7 +7,9 @@ forwarded as it arrives, with one header added (``x-emulator-revision``), and pa
 know where it ends, so the upstream connection goes back to the pool.
 
 A pool queues a request when every ready instance is at its concurrency and asks its autoscaler
-for another instance; a request that waited ``queue_timeout_s`` is answered 429. An instance
+for another instance; a request that a starting instance will take waits for it (as on Cloud
+Run: bounded by the request timeout), one that no instance has room for is answered 429 after
+``queue_timeout_s``. An instance
 being drained gets no new requests; when its last request completes the pool says so
 (``on_idle``) and it is stopped. A request that could not be sent (connection refused, or a reused
 keep-alive connection closed before any answer) is sent again elsewhere; one whose instance died
@@ -385,17 +387,35 @@ class Pool:
         return out
 
     def sweep(self) -> None:
-        """Answer 429 to requests queued too long and 504 to requests past the timeout."""
+        """Answer 429 to requests queued too long and 504 to requests past the timeout.
+
+        As on Cloud Run, a request that an instance being started will take waits for that
+        start (bounded by the request timeout; a start that fails answers it): the queue
+        timeout runs only for requests no starting instance has room for.
+        """
         now = _now()
         queue = self.queue
         if queue:
             limit = now - self.queue_timeout_s
+            deadline = now - self.timeout_s
+            awaited = self.concurrency * sum(1 for s in self.slots if s.state == STARTING)
             keep: collections.deque[ClientConn] = collections.deque()
             while queue:
                 client = queue.popleft()
                 if client.closed:
                     continue
-                if client.queued_at < limit:
+                if awaited > 0:
+                    awaited -= 1
+                    if client.t0 < deadline:
+                        self.answer(
+                            client,
+                            504,
+                            "Gateway Timeout",
+                            f"no instance got ready within the request timeout ({self.timeout_s:g} s)",
+                        )
+                    else:
+                        keep.append(client)
+                elif client.queued_at < limit:
                     self.answer(
                         client,
                         429,

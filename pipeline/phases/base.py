@@ -202,7 +202,9 @@ class PhaseRun:
             release_version=self.release.get("version"),
         )
         receipts.append_ledger(entry)
-        try:  # report.html and junit.xml beside the receipts; a failure is a note, never a verdict
+        # the page and JUnit XML beside the receipts (reporting.report_paths: never over another
+        # run's report); a failure is a note, never a verdict
+        try:
             from pipeline.reporting import write_reports
 
             html, junit = write_reports(self.path, self.env)

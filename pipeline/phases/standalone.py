@@ -58,8 +58,10 @@ def _close(run: PhaseRun) -> Path:
     return run.path
 
 
-def release_url(url: str) -> str:
-    """A running release's base URL (`http://HOST:PORT`), or one line saying what is wrong."""
+def release_url(url: str, paths_from: str = "each smoke test's path comes from the env") -> str:
+    """A running release's base URL (`http://HOST:PORT`), or one line saying what is wrong. A
+    path, query or fragment is refused, not joined with each request's path (`/health/health`):
+    `paths_from` says where the paths come from instead."""
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
@@ -69,6 +71,10 @@ def release_url(url: str) -> str:
         port = -1
     if parts.scheme != "http" or not parts.hostname or port == -1:
         raise PipelineError(f"--url: expected http://HOST:PORT of a running release, got {url!r}")
+    if parts.path not in ("", "/") or "?" in url or "#" in url:
+        raise PipelineError(
+            f"--url: expected the release's base URL (http://HOST:PORT), got {url!r}: {paths_from}"
+        )
     return url.rstrip("/")
 
 

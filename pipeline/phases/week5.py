@@ -96,11 +96,13 @@ def _probe_path(env: Env) -> str:
 
 
 def _silent_local(env: Env, where: str | None) -> bool:
-    """A local endpoint (the emulator's place) where nothing answers the Admin API."""
-    from pipeline.runtime.readiness import http_status
+    """A local endpoint (the emulator's place) where nothing listens. A busy emulator slow to
+    answer is not silent: only a refused connection is (a second emulator must never be
+    started beside a slow first one)."""
+    from pipeline.runtime.readiness import listening
 
     local = bool(where) and str(where).startswith("http://127.0.0.1")
-    return local and not http_status(str(where), _probe_path(env))
+    return local and not listening(str(where))
 
 
 def image_for(env: Env, info: releases.ReleaseInfo) -> str:

@@ -72,6 +72,9 @@ footer { color: #6c757d; font-size: 12px; margin-top: 18px; }
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
+RUN_ID_META = "taiea-run-id"  # <meta name=… content=RUN-ID>: whose report a page is (machine-read)
+
+
 def clean(value: Any) -> str:
     """Text for the page: escaped, without control characters (terminal colours in log tails)."""
     return esc(_CONTROL.sub("", "" if value is None else str(value)))
@@ -769,6 +772,7 @@ def render(report: Report, env: Env, *, env_note: str = "") -> str:
     page_title = clean(f"{title} — {'PASS' if report.passed else 'FAIL'}")
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="{RUN_ID_META}" content="{esc(report.run.get("run_id") or "")}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{page_title}</title><style>{CSS}</style></head>"
         f'<body><main data-passed="{str(report.passed).lower()}">'

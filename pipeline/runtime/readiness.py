@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -31,6 +32,19 @@ def http_status(url: str, path: str, timeout: float = 1.0) -> int:
         return 0
     finally:
         conn.close()
+
+
+def listening(url: str, timeout: float = 5.0) -> bool:
+    """Whether something accepts connections at url's host and port: False only when the
+    connection is refused or unreachable, True when it is accepted (or slow to be)."""
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout):
+            return True
+    except TimeoutError:
+        return True
+    except OSError:
+        return False
 
 
 def wait_until_ready(

@@ -7,7 +7,8 @@ from pipeline.tasks._cli import exit_codes, human_console, json_echo, number, ph
 
 @task(
     help={
-        "url": "base URL of the release",
+        "url": "base URL of the release, e.g. http://127.0.0.1:8080 (no path: the paths "
+        "come from the env's smoke tests)",
         "rate": "arrival rate, requests per second (open loop; default 10)",
         "duration": "seconds of load (default 15)",
         "closed": "closed loop instead: --connections connections sending back to back",
@@ -40,7 +41,7 @@ def run(
         duration = number("--duration", duration, 15.0, above=0)
         connections = number("--connections", connections, 16, integer=True, at_least=1)
         environment = config.load_env(env)
-        url = standalone.release_url(url)
+        url = standalone.release_url(url, "the request mix comes from the env's smoke tests")
         console, view = phase_view(json, f"load · {url}")
         summary, path = standalone.load(
             url,

@@ -7,7 +7,8 @@ from pipeline.tasks._cli import exit_codes, human_console, json_echo, phase_view
 
 @task(
     help={
-        "url": "base URL of the release, e.g. http://127.0.0.1:8080",
+        "url": "base URL of the release, e.g. http://127.0.0.1:8080 (no path: the paths "
+        "come from the env's [[smoke]] tests)",
         "env": "env whose [[smoke]] tests to run (default local)",
         "receipts": "where to write the receipts (default runs/<run-id>/receipts.jsonl)",
         "json": "print the receipts as JSON lines on stdout; the human view goes to stderr",
