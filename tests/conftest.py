@@ -15,8 +15,9 @@ pytest_plugins = [
 
 # Modules that start gVisor sandboxes: under pytest-xdist (`make test` runs two workers) they run
 # on one worker, one after another, because `gvisor_clean` judges "left behind" by what appeared
-# in `runsc list` and the cgroups during a test, machine-wide. Every other module is a group of
-# its own, so its module-scoped fixtures (emulators, built releases) start once.
+# in `runsc list` and the cgroups during a test, machine-wide. Every other module is a unit of its
+# own (its module-scoped fixtures start once; some tests build on the one before). The sandbox
+# unit is the longest, so it is collected first and starts at once.
 SANDBOX_MODULES = {
     "test_demo.py",
     "test_emulator_lifecycle.py",
@@ -28,10 +29,26 @@ SANDBOX_MODULES = {
 }
 
 
+def _unit(nodeid: str) -> str:
+    module = nodeid.split("::", 1)[0]
+    return "sandboxes" if module.rsplit("/", 1)[-1] in SANDBOX_MODULES else module
+
+
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group("sandboxes" if name in SANDBOX_MODULES else name))
+    items.sort(key=lambda item: _unit(item.nodeid) != "sandboxes")  # stable: order kept within
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's loadscope, with the sandbox modules as one scope (xdist_group marks no longer
+    reach the scheduler under pytest 9.2, which made node ids read-only)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    return ByModule(config, log)
 
 
 def require_tool(tool: str, package: str) -> str:
