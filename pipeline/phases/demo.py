@@ -229,6 +229,11 @@ def shortened(env: Env, week_window_s: float) -> list[str]:
             f"week 5: concurrency {mine.concurrency} requests per instance (cloudrun-local: "
             f"{local.concurrency}), so that this machine's load needs more than one instance"
         )
+    if mine.max_instances != local.max_instances:
+        lines.append(
+            f"week 5: at most {mine.max_instances} instances per revision (cloudrun-local: "
+            f"{local.max_instances}): weeks 2-4 of the next release run beside them on this machine"
+        )
     if mine.min_instances != local.min_instances:
         lines.append(
             f"week 5: min {mine.min_instances} instance(s) per serving revision (cloudrun-local: "
@@ -381,6 +386,10 @@ def judge_act(release: ReleaseRun, previous: ReleaseRun | None, env: Env) -> lis
         if facts.stable != before or facts.percents != (0, *steps):
             problems.append(
                 f"not a canary over {before}: stable {facts.stable}, traffic went {facts.percents}"
+            )
+        if facts.peak_instances < 2:
+            problems.append(
+                f"no scale-out: the candidate ran on {facts.peak_instances} instance(s) under load"
             )
         if facts.drained != before or not facts.drain_how:
             problems.append(f"{before} not drained (drain receipt: {facts.drained})")
