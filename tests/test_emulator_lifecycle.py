@@ -295,8 +295,29 @@ def test_a_busy_port_or_a_bad_env_is_one_line_and_exit_2(tmp_path):
     assert "key emulator.queue_timeout_s" in out.stderr.strip().splitlines()[-1]
 
 
-def test_ctrl_c_on_a_foreground_invoke_start_stops_every_instance(tmp_path, reference_tarball):
-    import os
+SIGNALLED = [
+    ("SIGINT", True),  # Ctrl-C in a terminal: the whole process group
+    ("SIGINT", False),  # `kill -INT` to invoke alone, as a script does
+    ("SIGTERM", False),  # a supervisor, `timeout`, CI cancelling the job
+    ("SIGHUP", False),  # the terminal or SSH session going away
+    ("SIGKILL", False),  # nothing to handle: the kernel tells the emulator (PR_SET_PDEATHSIG)
+]
+
+
+@pytest.mark.parametrize(
+    ("signame", "group"),
+    SIGNALLED,
+    ids=[
+        "ctrl-c-to-the-group",
+        "sigint-to-invoke",
+        "sigterm-to-invoke",
+        "sighup-to-invoke",
+        "sigkill-to-invoke",
+    ],
+)
+def test_a_signal_to_a_foreground_invoke_start_stops_every_instance(
+    tmp_path, reference_tarball, signame, group
+):
     import signal
 
     from pipeline.emulator import daemon
@@ -334,16 +355,50 @@ def test_ctrl_c_on_a_foreground_invoke_start_stops_every_instance(tmp_path, refe
             what="a ready revision",
         )
         assert release_pids(state)
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches invoke and the emulator alike
+        sig = getattr(signal, signame)
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
         out, _ = proc.communicate(timeout=60)
+        poll(
+            lambda: True if not release_pids(state) and not psutil.pid_exists(reg["pid"]) else None,
+            timeout=60,
+            what="the emulator and its instances to stop",
+        )
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == 0, out
-    assert b"emulator: stopped" in out
+        for pid in release_pids(state):
+            psutil.Process(pid).kill()
+    if signame == "SIGKILL":
+        assert proc.returncode == -signal.SIGKILL
+    else:
+        assert proc.returncode == 0, out
+        assert b"emulator: stopped" in out
     assert release_pids(state) == []
     assert daemon.status(state)["running"] is False
+
+
+def test_a_second_foreground_start_on_a_held_state_dir_fails_at_once(tmp_path):
+    """It used to hang for ever, printing nothing and deaf to SIGINT/SIGTERM."""
+    state = tmp_path / "state"
+    first = invoke("emulator.start", "--background", "--port", "0", "--state-dir", str(state))
+    assert first.returncode == 0, first.stderr
+    try:
+        second = subprocess.run(
+            [str(INVOKE), "emulator.start", "--port", "0", "--state-dir", str(state)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        invoke("emulator.stop", "--state-dir", str(state))
+    assert second.returncode == 2, second.stdout + second.stderr
+    [line] = second.stderr.strip().splitlines()
+    assert "another emulator already uses" in line and str(state) in line
 
 
 def test_revisions_run_in_gvisor_when_the_env_says_so(

@@ -151,7 +151,7 @@ def _rollout(tmp_path, api, **state_changes):
 @pytest.mark.parametrize(
     ("stop", "said"),
     [
-        (KeyboardInterrupt(), "interrupted"),
+        (KeyboardInterrupt(), "interrupted by SIGINT (Ctrl-C)"),
         (RuntimeError("API deadline"), "stopped by an error (API deadline)"),
     ],
     ids=["ctrl-c", "error"],

@@ -360,7 +360,7 @@ def test_cli_ctrl_c_removes_the_sandbox_and_seals_a_failing_gate(reference_tarba
     assert proc.returncode == 99, stdout + stderr
     found = records(out)
     assert found[-1]["kind"] == "seal" and found[-2]["kind"] == "gate"
-    assert found[-2]["passed"] is False and found[-2]["reason"] == "interrupted"
+    assert found[-2]["passed"] is False and found[-2]["reason"] == "interrupted by SIGINT (Ctrl-C)"
     assert receipts.verify(out).ok
     ids = container_ids(out)
     assert len(ids) == 2 and leftovers(ids) == []

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -224,7 +226,32 @@ def test_a_crash_mid_phase_fails_the_stage_and_the_gate_and_seals_the_run(
     assert records[-1]["kind"] == "seal" and receipts.verify(out).ok
 
 
-def test_ctrl_c_stops_the_release_and_writes_a_failing_gate(reference_tarball, tmp_path):
+def loading_release(out: Path) -> psutil.Process:
+    """Once the run writing `out` is under load: its release's process."""
+    from pipeline.waiting import poll
+
+    poll(
+        lambda: True if out.exists() and b'"kind":"request"' in out.read_bytes() else None,
+        timeout=30,
+        what="load to start",
+    )
+    [startup] = [r for r in receipts.iter_records(out) if r["kind"] == "startup"]
+    return psutil.Process(startup["pid"])
+
+
+ENDINGS = [
+    ("SIGINT", True, "SIGINT (Ctrl-C)"),  # Ctrl-C in a terminal: the whole process group
+    ("SIGTERM", False, "SIGTERM"),  # CI cancelling the job, `timeout`, systemd, Kubernetes
+    ("SIGHUP", False, "SIGHUP"),  # the terminal or SSH session going away
+]
+
+
+@pytest.mark.parametrize(
+    ("signame", "group", "named"), ENDINGS, ids=["ctrl-c", "sigterm-to-invoke", "sighup-to-invoke"]
+)
+def test_a_signal_stops_the_release_and_writes_a_failing_gate(
+    reference_tarball, tmp_path, signame, group, named
+):
     out = tmp_path / "r.jsonl"
     proc = subprocess.Popen(
         [
@@ -243,22 +270,57 @@ def test_ctrl_c_stops_the_release_and_writes_a_failing_gate(reference_tarball, t
         text=True,
         start_new_session=True,
     )
-    from pipeline.waiting import poll
-
-    poll(
-        lambda: True if out.exists() and b'"kind":"request"' in out.read_bytes() else None,
-        timeout=30,
-        what="load to start",
-    )
-    os.killpg(proc.pid, 2)
-    stdout, stderr = proc.communicate(timeout=30)
+    release = loading_release(out)
+    found = re.search(r"(/\S*/taiea-week3-[^/]+)/", " ".join(release.cmdline()))
+    assert found, release.cmdline()
+    workdir = Path(found.group(1))
+    sig = getattr(signal, signame)
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 99, stdout + stderr
     records = list(receipts.iter_records(out))
     assert records[-1]["kind"] == "seal" and records[-2]["kind"] == "gate"
-    assert records[-2]["passed"] is False and records[-2]["reason"] == "interrupted"
+    assert records[-2]["passed"] is False
+    assert records[-2]["reason"] == f"interrupted by {named}"
+    errors = [r for r in records if r["kind"] == "error"]
+    assert errors and all(e["signal"] == named for e in errors), errors
+    assert f"interrupted by {named}" in stderr
     assert receipts.verify(out).ok
+    assert not release.is_running() or release.status() == psutil.STATUS_ZOMBIE
+    assert not workdir.exists(), "the run's temp dir is removed"
     # judged as far as it got: the same numbers gate.check shows later, failed all the same
     measured = {r["metric"]: r["measured"] for r in records[-2]["results"]}
     assert measured["smoke.passed"] == 5 and measured["startup.seconds"] > 0
     again = gates.check(out, config.load_env("local").gate_spec("week3"))
     assert {r.metric: r.measured for r in again.results} == measured
+
+
+def test_sigkill_of_the_pipeline_takes_the_release_with_it(reference_tarball, tmp_path):
+    """Nothing can be handled on SIGKILL: the kernel tells the release (PR_SET_PDEATHSIG) and
+    it stops on its own; the receipts verify up to their last line, unsealed."""
+    out = tmp_path / "r.jsonl"
+    proc = subprocess.Popen(
+        [INVOKE, "phase2.week3", "--tarball", str(reference_tarball()), "--duration", "30",
+         "--receipts", str(out)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    release = loading_release(out)
+    proc.kill()
+    proc.wait(30)
+    from pipeline.waiting import poll
+
+    poll(
+        lambda: (
+            True if not release.is_running() or release.status() == psutil.STATUS_ZOMBIE else None
+        ),
+        timeout=20,
+        what="the release to stop after its pipeline was killed",
+    )
+    verified = receipts.verify(out)
+    assert not verified.ok and "unsealed" in str(verified), "cut off, not tampered with"

@@ -204,7 +204,7 @@ class Emulator:
             self._started.set()
 
     def serve_forever(self, announce: Any = print) -> None:
-        """Run in the foreground until SIGINT or SIGTERM; then stop every instance."""
+        """Run in the foreground until SIGINT, SIGTERM or SIGHUP; then stop every instance."""
 
         async def main() -> None:
             import signal
@@ -217,10 +217,16 @@ class Emulator:
                 interval=0.01,
                 what="the emulator's loop",
             )
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.add_signal_handler(sig, self._signalled)
-            started: asyncio.Future[Any] = loop.run_in_executor(None, self._started.wait)
-            await asyncio.wait([task, started], return_when=asyncio.FIRST_COMPLETED)
+            # polled, not waited for in a thread: a start that fails early (the state dir's
+            # lock held by another emulator) must end this loop, not leave a thread waiting
+            await apoll(
+                lambda: True if self._started.is_set() or task.done() else None,
+                timeout=float("inf"),
+                interval=0.01,
+                what="the emulator to start",
+            )
             if self._started.is_set() and self._error is None and not task.done():
                 announce(self.url)
             await task

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from pipeline import __version__, receipts
+from pipeline import __version__, interrupts, receipts
 from pipeline.config import Env
 from pipeline.errors import PipelineError
 from pipeline.gates import GateSpec, Verdict, check, overruled
@@ -110,7 +110,7 @@ class PhaseRun:
         self.started = time.monotonic()
         self.failed_stages: list[str] = []
         self.facts: dict[str, Any] = {}
-        self.interrupted = False
+        self.interrupted = ""  # why the run was interrupted ("interrupted by SIGTERM")
         self.crashed: str | None = None  # why the phase stopped half-way: the verdict says so
         self.release: dict[str, Any] = {}
 
@@ -148,9 +148,9 @@ class PhaseRun:
             stage.fail(exc.reason)
             self.error(name, exc.reason, log_tail=exc.log_tail, **exc.details)
         except KeyboardInterrupt:
-            self.interrupted = True
-            stage.fail("interrupted")
-            self.error(name, "interrupted (Ctrl-C)")
+            why = self.interrupt()
+            stage.fail(why)
+            self.error(name, why, signal=interrupts.cause())
             raise
         except Exception as exc:
             stage.fail(self.crash(exc, name))
@@ -177,6 +177,11 @@ class PhaseRun:
     def error(self, stage: str | None, reason: str, **fields: Any) -> None:
         self.write("error", stage, reason=reason, **fields)
 
+    def interrupt(self) -> str:
+        """A signal ended the run (Ctrl-C, SIGTERM, SIGHUP): say which; the verdict will fail."""
+        self.interrupted = interrupts.noted()
+        return self.interrupted
+
     def crash(self, exc: BaseException, stage: str | None = None) -> str:
         """Something stopped the phase half-way, bad input found late or a bug: say so once, in
         an error receipt; the verdict will fail with it. Returns why."""
@@ -190,7 +195,7 @@ class PhaseRun:
         """Judge the gate over this run's receipts, record the verdict, seal the file."""
         verdict = check(self.path, spec, require_seal=False)
         if self.interrupted or self.crashed:  # judged as far as it got, failed whatever it shows
-            verdict = overruled(verdict, "interrupted" if self.interrupted else str(self.crashed))
+            verdict = overruled(verdict, self.interrupted or str(self.crashed))
         self.write("gate", "gate", **verdict.as_fields())
         self.writer.seal()
         self.writer.close()

@@ -302,7 +302,9 @@ def own_emulator(env: Env, say: Callable[[str], None]) -> Iterator[str]:
 def stop_if_interrupted(outcomes: list[WeekOutcome]) -> None:
     """A phase that saw Ctrl-C judges and seals its run and returns; the demo stops there."""
     for outcome in outcomes:
-        if outcome.result is not None and outcome.result.verdict.reason == "interrupted":
+        if outcome.result is not None and (outcome.result.verdict.reason or "").startswith(
+            "interrupted"
+        ):
             raise Interrupted()
 
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from pipeline import interrupts
 from pipeline import release as releases
 from pipeline.config import Env, LoadProfile, SmokeTest
 from pipeline.errors import PipelineError
@@ -328,9 +329,9 @@ def run_phase_frame(
         try:
             played.stages()
         except KeyboardInterrupt:
-            run.interrupted = True
+            why = run.interrupt()
             played.cleanup()
-            run.error(None, f"interrupted (Ctrl-C): {played.on_interrupt}")
+            run.error(None, f"{why}: {played.on_interrupt}", signal=interrupts.cause())
         except Exception as exc:  # judged (failing) and sealed, then raised: exit 1 (a bug) or 2
             run.crash(exc)
             played.cleanup()

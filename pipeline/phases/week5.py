@@ -15,9 +15,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from pipeline import interrupts, verdicts
 from pipeline import receipts as receipt_log
 from pipeline import release as releases
-from pipeline import verdicts
 from pipeline.cloudrun.client import CloudRun, DeployFailed, Route, RunV2, Template
 from pipeline.cloudrun.ops import wait_drained
 from pipeline.cloudrun.rollout import (
@@ -529,7 +529,7 @@ def drive(r: Rollout, kinds: frozenset[str] | None = None) -> None:
                 settle_after_stop(
                     r,
                     step,
-                    "interrupted"
+                    interrupts.reason()
                     if isinstance(exc, KeyboardInterrupt)
                     else f"stopped by an error ({exc})",
                 )
@@ -665,7 +665,7 @@ def finish_rollout(
         rollout.save()
         drive(rollout, kinds)
     except KeyboardInterrupt:
-        run.interrupted = True
+        run.interrupt()
     except Exception as exc:  # judged (failing) and sealed, then raised: exit 1 (a bug) or 2
         run.crash(exc)
         run.finish(spec)

@@ -40,7 +40,7 @@ from typing import Any
 
 from pipeline.errors import PipelineError
 from pipeline.runtime.base import LaunchSpec, StartupFailed, Stats
-from pipeline.runtime.process import LogPump, exit_status, free_port
+from pipeline.runtime.process import LogPump, die_with_parent_if_main, exit_status, free_port
 from pipeline.runtime.readiness import NotReady, not_ready_reason
 from pipeline.waiting import WaitTimeout, poll
 
@@ -727,6 +727,7 @@ class GvisorRuntime:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent_if_main(),  # runsc passes the SIGTERM to the release
             )
         except BaseException:
             sandbox.remove()
@@ -751,6 +752,7 @@ class GvisorRuntime:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent_if_main(),  # runsc passes the SIGTERM to the release
             )
             assert proc.stdout is not None
             pump = LogPump(proc.stdout)

@@ -9,12 +9,15 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from typing import IO
 
 import psutil
 
+from pipeline import interrupts
 from pipeline.runtime.base import Capture, LaunchSpec, StartupFailed, Stats
 from pipeline.runtime.readiness import not_ready_reason
+from pipeline.waiting import WaitTimeout, poll
 
 BASE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "HOME")
 LOG_LINES = 500
@@ -24,6 +27,30 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A preexec_fn for Popen: the kernel sends the child SIGTERM when its parent dies, however
+    the parent died (SIGKILL included), so nothing we start outlives us for long. libc is
+    loaded here, in the parent: the child between fork and exec only calls prctl."""
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+
+    return preexec
+
+
+def die_with_parent_if_main() -> Callable[[], None] | None:
+    """`die_with_parent` for a child started by the main thread. The kernel's notice comes when
+    the *thread* that started the child ends, so children of worker threads (the emulator's
+    instance host launches from an executor) are left to their owner's stop."""
+    return die_with_parent() if threading.current_thread() is threading.main_thread() else None
 
 
 def exit_status(returncode: int) -> int:
@@ -121,10 +148,15 @@ class ProcessInstance:
         if self._status is not None:
             return self._status
         if self.alive():
-            try:
-                self.proc.send_signal(signal.SIGTERM)
-                self.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGTERM)
+            try:  # the grace ends early when a second signal asks the pipeline to hurry
+                poll(
+                    lambda: True if self.proc.poll() is not None or interrupts.hurry() else None,
+                    timeout=grace,
+                    interval=0.02,
+                    what="the release to exit",
+                )
+            except WaitTimeout:
                 pass
         self._kill_group()
         self.proc.wait()
@@ -160,5 +192,6 @@ class ProcessRuntime:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stop() can reap every child
+            preexec_fn=die_with_parent_if_main(),
         )
         return ProcessInstance(spec, port, proc)

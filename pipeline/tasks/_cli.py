@@ -18,15 +18,20 @@ if TYPE_CHECKING:
 
 @contextlib.contextmanager
 def exit_codes() -> Iterator[None]:
-    """PipelineError → exit 2, GateFailed → exit 99, each with one line on stderr."""
-    try:
-        yield
-    except PipelineError as exc:
-        raise Exit(f"error: {exc}", code=PipelineError.exit_code) from None
-    except GateFailed as exc:
-        raise Exit(f"gate failed: {exc}", code=GateFailed.exit_code) from None
-    except KeyboardInterrupt:
-        raise Exit("interrupted", code=130) from None
+    """PipelineError → exit 2, GateFailed → exit 99, each with one line on stderr. SIGTERM and
+    SIGHUP end the task as Ctrl-C does (pipeline.interrupts): a run that was judged exits 99,
+    anything else 128 + the signal's number."""
+    from pipeline import interrupts
+
+    with interrupts.handled():
+        try:
+            yield
+        except PipelineError as exc:
+            raise Exit(f"error: {exc}", code=PipelineError.exit_code) from None
+        except GateFailed as exc:
+            raise Exit(f"gate failed: {exc}", code=GateFailed.exit_code) from None
+        except KeyboardInterrupt:
+            raise Exit(interrupts.reason(), code=interrupts.exit_code()) from None
 
 
 def required(flag: str, value: Any, task: str) -> Any:

@@ -4,27 +4,44 @@ Thin: each task runs `python -m pipeline.emulator <command>` (the emulator is a 
 outside pipeline/emulator imports it) and exits with its status.
 """
 
+import signal
+
 from invoke import Collection, task
+
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 ENV_HELP = "env name (envs/NAME.toml) or path with the [emulator] settings; default cloudrun-local"
 STATE_HELP = "where the emulator keeps its state (default <runs>/emulator, PIPELINE_RUNS_DIR)"
 
 
 def _run(*args):
-    """Run the emulator's command line; Ctrl-C reaches it too, and we wait for it to finish
-    stopping its instances before we exit with its status."""
+    """Run the emulator's command line and exit with its status. The emulator runs in its own
+    process group: a signal that ends this process (SIGINT, SIGTERM, SIGHUP, sent to it alone or
+    to its group) is passed on once, and we wait for the emulator to stop its instances; if this
+    process is killed outright, the kernel sends the emulator SIGTERM (PR_SET_PDEATHSIG)."""
+    import signal
     import subprocess
     import sys
 
     from invoke.exceptions import Exit
 
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.emulator", *args])
-    while True:
-        try:
-            code = proc.wait()
-            break
-        except KeyboardInterrupt:
-            continue  # the emulator got the same SIGINT and is stopping its instances
+    from pipeline.runtime.process import die_with_parent
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.emulator", *args],
+        start_new_session=True,
+        preexec_fn=die_with_parent(),
+    )
+
+    def forward(signum, _frame):
+        proc.send_signal(signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
+    try:
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if code:
         raise Exit(code=code)
 

@@ -1,0 +1,82 @@
+"""Signals that end a run take the Ctrl-C path every phase already has.
+
+CI cancelling a job, `timeout`, systemd and Kubernetes send SIGTERM; a dropped terminal or SSH
+session sends SIGHUP. `handled()` (entered by every task, `tasks/_cli.exit_codes`) turns the
+first of them into a SIGINT of this process, so the one well-tested path runs: KeyboardInterrupt
+where Python raises it, asyncio's own cancellation inside an event loop. Whoever catches it asks
+`cause()` which signal it was, for the error receipt and the verdict ("interrupted by SIGTERM").
+
+A second SIGTERM or SIGHUP while the run cleans up does not interrupt the cleanup: it sets
+`hurry()`, and stops skip their grace periods, so the run still ends judged and sealed. (A second
+Ctrl-C keeps Python's meaning: it interrupts again.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+ENDING = (signal.SIGTERM, signal.SIGHUP)
+
+_cause: list[str] = []  # the signal that ended the run, once known
+_hurry = threading.Event()
+
+
+def cause(exc: BaseException | None = None) -> str:
+    """What interrupted the run: "SIGTERM", "SIGHUP", or "SIGINT (Ctrl-C)"."""
+    return _cause[0] if _cause else "SIGINT (Ctrl-C)"
+
+
+def reason(exc: BaseException | None = None) -> str:
+    """The line for receipts and verdicts: "interrupted by SIGTERM"."""
+    return f"interrupted by {cause(exc)}"
+
+
+def hurry() -> bool:
+    """A second signal came while the run cleaned up: skip grace periods."""
+    return _hurry.is_set()
+
+
+def exit_code() -> int:
+    """The conventional status of a process ended by the signal: 128 + its number."""
+    name = cause().split()[0]
+    return 128 + int(getattr(signal, name, signal.SIGINT))
+
+
+def _on_signal(signum: int, _frame: Any) -> None:
+    if _cause:
+        _hurry.set()
+        return
+    _cause.append(signal.Signals(signum).name)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def noted() -> str:
+    """The run saw the interrupt (KeyboardInterrupt caught): from now on SIGTERM and SIGHUP
+    hurry the cleanup instead of interrupting it. Returns `reason()`."""
+    if not _cause:
+        _cause.append("SIGINT (Ctrl-C)")
+    return reason()
+
+
+@contextlib.contextmanager
+def handled() -> Iterator[None]:
+    """SIGTERM and SIGHUP end the run like Ctrl-C, for the duration of the block (main thread
+    only; elsewhere a no-op). SIGINT is Python's own handler, also where the process was
+    started with SIGINT ignored (`nohup … &`): a signal sent on purpose is obeyed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _on_signal) for sig in ENDING}
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
+    _cause.clear()
+    _hurry.clear()
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
