@@ -184,6 +184,7 @@ REGISTRY: dict[str, Metric] = {
     "cpu.percent": Metric(("metrics",), _field("cpu_percent"), "CPU of the release, % of one core"),
     "instances": Metric(("metrics",), _field("instances"), "instances serving, per sample"),
     "errors": Metric(("error",), _one, "one sample per error receipt"),
+    "crashed": Metric(("crashed",), _one, "a run closed by runs.recover after it was killed"),
     "instances.shortfall": Metric(
         ("metrics",),
         lambda r: (
@@ -597,7 +598,7 @@ def overruled(verdict: Verdict, reason: str) -> Verdict:
 
 def check(path: str | Path, spec: GateSpec, *, require_seal: bool = True) -> Verdict:
     """Verify the receipts file and judge the gate over it, in one streaming pass."""
-    keys = spec.keys + [parse_metric("receipts")]
+    keys = spec.keys + [parse_metric("receipts"), parse_metric("crashed")]
     verification, collector = receipts.scan(
         path, lambda: MetricCollector(keys), require_seal=require_seal
     )
@@ -607,4 +608,6 @@ def check(path: str | Path, spec: GateSpec, *, require_seal: bool = True) -> Ver
         samples = collector.values()
         reason = None if len(samples["receipts"]) else "no data: the run has no evidence receipts"
         verdict = evaluate(spec, samples, reason=reason)
+        if len(samples["crashed"]):
+            verdict = overruled(verdict, "the run was killed before its gate (runs.recover)")
     return replace(verdict, verification=verification)

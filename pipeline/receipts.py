@@ -643,7 +643,10 @@ def scan(
     if count == 0:
         return Verification(path, False, 0, head, False, None, "empty: no receipts"), None
     if require_seal and not sealed:
-        reason = "unsealed: unfinished run or truncated tail"
+        reason = (
+            "unsealed: an unfinished run, or one that was killed "
+            "(`invoke runs.recover` closes it, failing)"
+        )
         return Verification(path, False, count, head, False, count + 1, reason, run), None
     return Verification(path, True, count, head, sealed, None, None, run), merged
 

@@ -605,6 +605,7 @@ def test_collector_sees_the_same_with_projected_and_whole_records(tmp_path: Path
         w.write("error", "load", message="x")
         w.write("oom", "sandbox", failcnt=1)
         w.write("rollback", "canary", reason="r")
+        w.write("crashed", None, reason="killed")
         w.seal()
     keys = [gates.parse_metric(name) for name in gates.REGISTRY]
     keys.append(gates.parse_metric("http.latency_ms{stage:load,method:GET}"))

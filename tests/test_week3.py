@@ -323,4 +323,25 @@ def test_sigkill_of_the_pipeline_takes_the_release_with_it(reference_tarball, tm
         what="the release to stop after its pipeline was killed",
     )
     verified = receipts.verify(out)
-    assert not verified.ok and "unsealed" in str(verified), "cut off, not tampered with"
+    assert not verified.ok and "runs.recover" in verified.describe(), "cut off, not tampered with"
+    lines_before = out.read_bytes().splitlines()
+    workdir = Path(next(receipts.iter_records(out))["workdir"])
+    assert workdir.exists(), "a SIGKILL leaves the temp dir"
+
+    done = subprocess.run(
+        [INVOKE, "runs.recover", "--receipts", str(out), "--json"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["removed"] == [str(workdir)] and not workdir.exists()
+    lines_after = out.read_bytes().splitlines()
+    assert lines_after[: len(lines_before)] == lines_before, "no line rewritten"
+    crashed, seal = (json.loads(line) for line in lines_after[len(lines_before) :])
+    assert crashed["kind"] == "crashed" and seal["kind"] == "seal"
+    assert receipts.verify(out).ok, "the chain verifies, sealed"
+    verdict = gates.check(out, config.load_env("local").gate_spec("week3"))
+    assert not verdict.passed and "killed" in (verdict.reason or "")
+    again = subprocess.run(
+        [INVOKE, "runs.recover", "--receipts", str(out)], cwd=REPO, capture_output=True, text=True
+    )
+    assert again.returncode == 2 and "nothing to recover" in again.stderr

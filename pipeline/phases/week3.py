@@ -325,7 +325,7 @@ def run_phase_frame(
             run.writer.subscribe(on_record)
         live = LiveRelease(run, tarball, workdir, env.start.port if port is None else port, runtime)
         played = play(run, live)
-        run.begin(info.as_receipt(), runtime=runtime.name, **begin)
+        run.begin(info.as_receipt(), runtime=runtime.name, workdir=str(workdir), **begin)
         try:
             played.stages()
         except KeyboardInterrupt:
