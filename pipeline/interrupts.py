@@ -17,12 +17,13 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 ENDING = (signal.SIGTERM, signal.SIGHUP)
 
 _cause: list[str] = []  # the signal that ended the run, once known
+_noted = threading.Event()  # the run has seen it (a KeyboardInterrupt was caught)
 _hurry = threading.Event()
 
 
@@ -60,7 +61,46 @@ def noted() -> str:
     hurry the cleanup instead of interrupting it. Returns `reason()`."""
     if not _cause:
         _cause.append("SIGINT (Ctrl-C)")
+    _noted.set()
     return reason()
+
+
+def pending() -> bool:
+    """A SIGTERM/SIGHUP came but its KeyboardInterrupt never reached the run: Python swallows
+    one raised inside code that ignores exceptions (an at-fork hook while a child is started,
+    a finalizer). Phases ask at every stage boundary and raise it again."""
+    return bool(_cause) and not _noted.is_set()
+
+
+def raise_pending() -> None:
+    if pending():
+        raise KeyboardInterrupt(reason())
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[Callable[[], bool]]:
+    """While a run judges and seals itself, a signal (SIGINT included) is held, not raised: the
+    block asks `signalled()` before its verdict is written, and fails it if one came."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    held: list[int] = []
+
+    def hold(signum: int, _frame: Any) -> None:
+        if not _cause:
+            _cause.append(
+                "SIGINT (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name
+            )
+        elif held or signum != signal.SIGINT:
+            _hurry.set()
+        held.append(signum)
+
+    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, *ENDING)}
+    try:
+        yield lambda: bool(held) or pending()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
@@ -74,6 +114,7 @@ def handled() -> Iterator[None]:
     previous = {sig: signal.signal(sig, _on_signal) for sig in ENDING}
     previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     _cause.clear()
+    _noted.clear()
     _hurry.clear()
     try:
         yield

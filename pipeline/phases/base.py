@@ -12,7 +12,7 @@ import contextlib
 import platform
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -138,12 +138,14 @@ class PhaseRun:
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[Stage]:
+        interrupts.raise_pending()
         stage = Stage(name)
         self.view.stage_started(name)
         self.write("stage", name, event="start")
         began = time.monotonic()
         try:
             yield stage
+            interrupts.raise_pending()
         except StageFailed as exc:
             stage.fail(exc.reason)
             self.error(name, exc.reason, log_tail=exc.log_tail, **exc.details)
@@ -192,30 +194,12 @@ class PhaseRun:
         return self.crashed
 
     def finish(self, spec: GateSpec) -> PhaseResult:
-        """Judge the gate over this run's receipts, record the verdict, seal the file."""
-        verdict = check(self.path, spec, require_seal=False)
-        if self.interrupted or self.crashed:  # judged as far as it got, failed whatever it shows
-            verdict = overruled(verdict, self.interrupted or str(self.crashed))
-        self.write("gate", "gate", **verdict.as_fields())
-        self.writer.seal()
-        self.writer.close()
-        entry = ledger_entry(verdict, self.path, source=self.phase)
-        entry.update(
-            receipts_head=self.writer.head,
-            judged_run=self.writer.run_id,
-            release_sha256=self.release.get("sha256"),
-            release_version=self.release.get("version"),
-        )
-        receipts.append_ledger(entry)
-        # the page and JUnit XML beside the receipts (reporting.report_paths: never over another
-        # run's report); a failure is a note, never a verdict
-        try:
-            from pipeline.reporting import write_reports
-
-            html, junit = write_reports(self.path, self.env)
-            self.facts.update(report_html=str(html), junit_xml=str(junit))
-        except Exception as exc:
-            self.view.note(f"report not written: {exc}")
+        """Judge the gate over this run's receipts, record the verdict, seal the file, add it to
+        the ledger and write the reports. A signal meanwhile fails the verdict if it came before
+        the verdict was written, and never cuts the recording short."""
+        with interrupts.deferred() as signalled:
+            verdict = self._judge_and_seal(spec, signalled)
+            self._record(verdict)
         return PhaseResult(
             self.phase,
             self.writer.run_id,
@@ -224,6 +208,37 @@ class PhaseRun:
             self.facts,
             round(time.monotonic() - self.started, 3),
         )
+
+    def _judge_and_seal(self, spec: GateSpec, signalled: Callable[[], bool]) -> Verdict:
+        verdict = check(self.path, spec, require_seal=False)
+        if signalled() and not self.interrupted:
+            self.error(None, self.interrupt(), signal=interrupts.cause())
+        if self.interrupted or self.crashed:  # judged as far as it got, failed whatever it shows
+            verdict = overruled(verdict, self.interrupted or str(self.crashed))
+        self.write("gate", "gate", **verdict.as_fields())
+        self.writer.seal()
+        self.writer.close()
+        return verdict
+
+    def _record(self, verdict: Verdict) -> None:
+        """The verdict in the ledger; the page and JUnit XML beside the receipts
+        (reporting.report_paths: never over another run's report). A report that cannot be
+        written is a note, never a verdict."""
+        entry = ledger_entry(verdict, self.path, source=self.phase)
+        entry.update(
+            receipts_head=self.writer.head,
+            judged_run=self.writer.run_id,
+            release_sha256=self.release.get("sha256"),
+            release_version=self.release.get("version"),
+        )
+        receipts.append_ledger(entry)
+        try:
+            from pipeline.reporting import write_reports
+
+            html, junit = write_reports(self.path, self.env)
+            self.facts.update(report_html=str(html), junit_xml=str(junit))
+        except Exception as exc:
+            self.view.note(f"report not written: {exc}")
 
     def abandon(self) -> None:
         """Close the file without a seal (a bug interrupted the phase): gates will fail it."""

@@ -40,7 +40,7 @@ from typing import Any
 
 from pipeline.errors import PipelineError
 from pipeline.runtime.base import LaunchSpec, StartupFailed, Stats
-from pipeline.runtime.process import LogPump, die_with_parent_if_main, exit_status, free_port
+from pipeline.runtime.process import LogPump, dies_with_us, exit_status, free_port
 from pipeline.runtime.readiness import NotReady, not_ready_reason
 from pipeline.waiting import WaitTimeout, poll
 
@@ -721,13 +721,15 @@ class GvisorRuntime:
             sandbox.write_config(oci_config(self.limits, sandbox.id, args, env, spec.root))
             started_at = time.monotonic()
             proc = subprocess.Popen(
-                sandbox.runsc_args("run", "--bundle", str(sandbox.bundle), sandbox.id),
+                # runsc passes the SIGTERM on to the release when we die
+                dies_with_us(
+                    sandbox.runsc_args("run", "--bundle", str(sandbox.bundle), sandbox.id)
+                ),
                 cwd=sandbox.bundle,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=die_with_parent_if_main(),  # runsc passes the SIGTERM to the release
             )
         except BaseException:
             sandbox.remove()
@@ -746,13 +748,15 @@ class GvisorRuntime:
             argv = ["/bin/sh", "-c", PROBE_SCRIPT]
             sandbox.write_config(oci_config(self.limits, sandbox.id, argv, {}, None))
             proc = subprocess.Popen(
-                sandbox.runsc_args("run", "--bundle", str(sandbox.bundle), sandbox.id),
+                # runsc passes the SIGTERM on to the release when we die
+                dies_with_us(
+                    sandbox.runsc_args("run", "--bundle", str(sandbox.bundle), sandbox.id)
+                ),
                 cwd=sandbox.bundle,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=die_with_parent_if_main(),  # runsc passes the SIGTERM to the release
             )
             assert proc.stdout is not None
             pump = LogPump(proc.stdout)

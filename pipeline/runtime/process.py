@@ -9,7 +9,6 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from typing import IO
 
 import psutil
@@ -29,28 +28,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-_PR_SET_PDEATHSIG = 1
+def dies_with_us(argv: list[str]) -> list[str]:
+    """`argv` run so that the kernel sends it SIGTERM when we die, however we died (SIGKILL
+    included): util-linux's `setpriv --pdeathsig`, which sets PR_SET_PDEATHSIG and execs.
+    (Not a preexec_fn: that makes Python fork with its at-fork hooks, where a signal's
+    KeyboardInterrupt is swallowed.) The kernel's notice comes when the *thread* that started
+    the child ends, so children of worker threads (the emulator's instance host launches from
+    an executor) are left as they are, to their owner's stop."""
+    import shutil
 
-
-def die_with_parent() -> Callable[[], None]:
-    """A preexec_fn for Popen: the kernel sends the child SIGTERM when its parent dies, however
-    the parent died (SIGKILL included), so nothing we start outlives us for long. libc is
-    loaded here, in the parent: the child between fork and exec only calls prctl."""
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-
-    return preexec
-
-
-def die_with_parent_if_main() -> Callable[[], None] | None:
-    """`die_with_parent` for a child started by the main thread. The kernel's notice comes when
-    the *thread* that started the child ends, so children of worker threads (the emulator's
-    instance host launches from an executor) are left to their owner's stop."""
-    return die_with_parent() if threading.current_thread() is threading.main_thread() else None
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or threading.current_thread() is not threading.main_thread():
+        return argv
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv]
 
 
 def exit_status(returncode: int) -> int:
@@ -185,13 +175,12 @@ class ProcessRuntime:
         port = spec.port or free_port(spec.host)
         script = spec.root / "bin" / spec.name
         proc = subprocess.Popen(
-            [str(script), "foreground"],
+            dies_with_us([str(script), "foreground"]),
             cwd=spec.env.get("TMPDIR", "/tmp"),
             env=child_env(spec, port),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stop() can reap every child
-            preexec_fn=die_with_parent_if_main(),
         )
         return ProcessInstance(spec, port, proc)

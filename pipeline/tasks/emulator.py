@@ -25,12 +25,10 @@ def _run(*args):
 
     from invoke.exceptions import Exit
 
-    from pipeline.runtime.process import die_with_parent
+    from pipeline.runtime.process import dies_with_us
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.emulator", *args],
-        start_new_session=True,
-        preexec_fn=die_with_parent(),
+        dies_with_us([sys.executable, "-m", "pipeline.emulator", *args]), start_new_session=True
     )
 
     def forward(signum, _frame):
