@@ -38,7 +38,7 @@ lint: setup
 TEST_WORKERS ?= 2
 
 test: lint
-	$(VENV)/bin/pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope)
+	$(VENV)/bin/pytest -q --durations=15 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope)
 
 demo: setup
 	$(INVOKE) demo

@@ -78,26 +78,36 @@ def raise_pending() -> None:
 
 
 @contextlib.contextmanager
+def held() -> Iterator[None]:
+    """A step that must not be cut in two (a child started and not yet known to whoever stops
+    it): a signal meanwhile is held, then raised as KeyboardInterrupt when the step is done."""
+    with deferred() as signalled:
+        yield
+    if signalled() and not _noted.is_set():
+        raise KeyboardInterrupt(reason())
+
+
+@contextlib.contextmanager
 def deferred() -> Iterator[Callable[[], bool]]:
     """While a run judges and seals itself, a signal (SIGINT included) is held, not raised: the
     block asks `signalled()` before its verdict is written, and fails it if one came."""
     if threading.current_thread() is not threading.main_thread():
         yield lambda: False
         return
-    held: list[int] = []
+    got: list[int] = []
 
     def hold(signum: int, _frame: Any) -> None:
         if not _cause:
             _cause.append(
                 "SIGINT (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name
             )
-        elif held or signum != signal.SIGINT:
+        elif got or signum != signal.SIGINT:
             _hurry.set()
-        held.append(signum)
+        got.append(signum)
 
     previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, *ENDING)}
     try:
-        yield lambda: bool(held) or pending()
+        yield lambda: bool(got) or pending()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -62,11 +62,16 @@ def complete_records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in data[: data.rfind(b"\n") + 1].splitlines()]
 
 
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+def processes_under(workdir: Path) -> list[int]:
+    """Live processes running from the run's temp dir (its release, whether or not the run
+    lived to record it)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if proc.info["status"] != psutil.STATUS_ZOMBIE and f"{workdir}/" in " ".join(
+            proc.info["cmdline"] or ()
+        ):
+            found.append(proc.pid)
+    return found
 
 
 @pytest.mark.chaos
@@ -111,9 +116,8 @@ def test_a_run_killed_anywhere_leaves_nothing_and_its_receipts_tell(
     records = complete_records(out)
     run_record = records[0]
     workdir = Path(run_record["workdir"])
-    releases = [r["pid"] for r in records if r["kind"] == "startup"]
     poll(
-        lambda: True if all(gone(pid) for pid in releases) else None,
+        lambda: True if not processes_under(workdir) else None,
         timeout=GRACE_S + 10,
         what="the run's release to stop",
     )

@@ -134,7 +134,8 @@ class LiveRelease:
                 poll_interval_s=self.env.start.poll_interval_s,
                 run_id=self.run.writer.run_id,
             )
-            self.instance = self.runtime.start(spec)
+            with interrupts.held():  # a signal now would leave a release nobody knows to stop
+                self.instance = self.runtime.start(spec)
             try:
                 self.ready_s = self.instance.wait_ready(self.env.start.ready_timeout_s)
             except StartupFailed as exc:

@@ -28,8 +28,8 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def dies_with_us(argv: list[str]) -> list[str]:
-    """`argv` run so that the kernel sends it SIGTERM when we die, however we died (SIGKILL
+def dies_with_us(argv: list[str], signame: str = "TERM") -> list[str]:
+    """`argv` run so that the kernel sends it SIG`signame` when we die, however we died (SIGKILL
     included): util-linux's `setpriv --pdeathsig`, which sets PR_SET_PDEATHSIG and execs.
     (Not a preexec_fn: that makes Python fork with its at-fork hooks, where a signal's
     KeyboardInterrupt is swallowed.) The kernel's notice comes when the *thread* that started
@@ -40,7 +40,7 @@ def dies_with_us(argv: list[str]) -> list[str]:
     setpriv = shutil.which("setpriv")
     if setpriv is None or threading.current_thread() is not threading.main_thread():
         return argv
-    return [setpriv, "--pdeathsig", "TERM", "--", *argv]
+    return [setpriv, "--pdeathsig", signame, "--", *argv]
 
 
 def exit_status(returncode: int) -> int:
@@ -175,7 +175,9 @@ class ProcessRuntime:
         port = spec.port or free_port(spec.host)
         script = spec.root / "bin" / spec.name
         proc = subprocess.Popen(
-            dies_with_us([str(script), "foreground"]),
+            # KILL: a VM still booting loses a SIGTERM (the chaos test saw it live on); a
+            # pipeline that died cannot record a graceful stop anyway
+            dies_with_us([str(script), "foreground"], "KILL"),
             cwd=spec.env.get("TMPDIR", "/tmp"),
             env=child_env(spec, port),
             stdin=subprocess.DEVNULL,
