@@ -16,8 +16,7 @@ pytest_plugins = [
 # Modules that start gVisor sandboxes: under pytest-xdist (`make test` runs two workers) they run
 # on one worker, one after another, because `gvisor_clean` judges "left behind" by what appeared
 # in `runsc list` and the cgroups during a test, machine-wide. Every other module is a unit of its
-# own (its module-scoped fixtures start once; some tests build on the one before). The sandbox
-# unit is the longest, so it is collected first and starts at once.
+# own (its module-scoped fixtures start once; some tests build on the one before).
 SANDBOX_MODULES = {
     "test_demo.py",
     "test_emulator_lifecycle.py",
@@ -34,8 +33,24 @@ def _unit(nodeid: str) -> str:
     return "sandboxes" if module.rsplit("/", 1)[-1] in SANDBOX_MODULES else module
 
 
+# The longest units go first (xdist hands units out in collection order, so the long ones do
+# not end up last on one worker while the other idles); order is kept within each unit.
+LONGEST_FIRST = (
+    "sandboxes",
+    "tests/test_week5.py",
+    "tests/test_emulator_api.py",
+    "tests/test_chaos.py",
+    "tests/test_week3.py",
+    "tests/test_load_probe.py",
+    "tests/test_reference_release.py",
+    "tests/test_stage_tasks.py",
+    "tests/test_reporting.py",
+)
+
+
 def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: _unit(item.nodeid) != "sandboxes")  # stable: order kept within
+    rank = {unit: n for n, unit in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(_unit(item.nodeid), len(rank)))
 
 
 @pytest.hookimpl(tryfirst=True)
