@@ -364,8 +364,12 @@ def test_open_loop_server_stall_shows_in_latency(make_server) -> None:
     server = make_server(stall_at=60, stall_s=0.5)
     results: list[RequestResult] = []
     summary = run_open_loop(server.url, [HEALTH], 200, 1.0, on_result=results.append)
-    assert summary.scheduled == 200 and summary.completed == 200 and summary.dropped == 0
+    assert summary.scheduled == 200 and summary.completed == summary.sent == len(results)
     by_schedule = sorted(results, key=lambda r: r.scheduled_s)
+    # on a busy machine the flood of answers after the stall may delay the last sends past the
+    # window (+ late_ms): those few are dropped and counted, never lost; only the tail may be
+    assert summary.sent + summary.dropped == 200
+    assert [round(r.scheduled_s * 200) for r in by_schedule] == list(range(summary.sent))
     stalled = by_schedule[59]
     assert stalled.latency_ms >= 500
     start = stalled.scheduled_s
