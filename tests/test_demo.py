@@ -99,7 +99,10 @@ def test_make_demo_shows_the_mission_and_exits_0(prebuilt, tmp_path, capsys):
     # what the demo env changes is said, and the gates are the product's own
     bake_s = config.load_env(demo.DEMO_ENV).cloudrun.bake_s
     assert f"demo env: week 5: canary bake windows shortened to {bake_s:g} s" in out
-    assert "gates: the env files' own thresholds, unchanged" in out
+    assert (
+        "gates: cloudrun-local's thresholds except week5 instances.shortfall count <= 5 "
+        "(cloudrun-local: count == 0)" in screen
+    )
 
     # the table of the four gates per release
     assert re.search(r"1\.0\.0 ✓ ✓ ✓ ✓ ✓ first deployment", screen), out[-3000:]

@@ -240,11 +240,17 @@ def shortened(env: Env, week_window_s: float) -> list[str]:
             f"{local.min_instances}, cloudrun-prod: {prod.min_instances}), so that the serving "
             "revision is warm when the next release's canary starts"
         )
-    same = all(env.gates.get(g) == local_env.gates.get(g) for g in {*env.gates, *local_env.gates})
+    changed = [
+        f"{gate} {key} {', '.join(rules)} (cloudrun-local: "
+        f"{', '.join(local_env.gates.get(gate, {}).get(key, ['none']))})"
+        for gate in sorted({*env.gates, *local_env.gates})
+        for key, rules in env.gates.get(gate, {}).items()
+        if local_env.gates.get(gate, {}).get(key) != rules
+    ]
     lines.append(
         "gates: the env files' own thresholds, unchanged"
-        if same
-        else f"gates: NOT cloudrun-local's thresholds (see {env.path})"
+        if not changed
+        else f"gates: cloudrun-local's thresholds except {'; '.join(changed)}"
     )
     return lines
 
