@@ -21,6 +21,7 @@ from pipeline.emulator.health import (
     watch,
 )
 from pipeline.emulator.wire import ApiError
+from pipeline.waiting import poll
 
 
 def check(kind: str = LIVENESS, **kw: Any) -> HealthCheck:
@@ -172,6 +173,17 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
+def all_threads_stopped(pid: int) -> bool:
+    """Every thread of `pid` in state T (stopped), read from /proc/PID/task/*/stat."""
+    from pathlib import Path
+
+    states = [
+        (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        for task in Path(f"/proc/{pid}/task").iterdir()
+    ]
+    return all(state in ("T", "t") for state in states)
+
+
 def test_http_and_tcp_checks_against_a_real_release(start_reference):
     rel = start_reference()
     port = rel.port
@@ -184,6 +196,11 @@ def test_http_and_tcp_checks_against_a_real_release(start_reference):
     assert run(tcp_check("127.0.0.1", gone, None, 1.0)).startswith("cannot connect")
     os.kill(rel.pid, signal.SIGSTOP)  # hung: the kernel still accepts, nobody answers
     try:
+        poll(  # every thread of the VM stopped, not only signalled (a busy machine is slower)
+            lambda: True if all_threads_stopped(rel.pid) else None,
+            timeout=10,
+            what="the release to be stopped",
+        )
         assert run(http_check("127.0.0.1", port, "/health", 0.3)) == "no answer within 0.3 s"
     finally:
         os.kill(rel.pid, signal.SIGCONT)
