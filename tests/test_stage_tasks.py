@@ -90,10 +90,13 @@ def test_ctrl_c_while_release_start_waits_leaves_nothing_running(reference_tarba
         # listening (so it runs on its own, its files loaded)
         def listening_release() -> int | None:
             for child in psutil.Process(proc.pid).children(recursive=True):
-                if child.name() == "beam.smp" and any(
-                    c.status == psutil.CONN_LISTEN for c in child.net_connections("tcp")
-                ):
-                    return child.pid
+                try:  # a short-lived helper (the start script's) may be gone by now
+                    if child.name() == "beam.smp" and any(
+                        c.status == psutil.CONN_LISTEN for c in child.net_connections("tcp")
+                    ):
+                        return child.pid
+                except psutil.NoSuchProcess:
+                    continue
             return None
 
         pid = poll(listening_release, timeout=30, what="the release started by release.start")
