@@ -27,14 +27,14 @@ _noted = threading.Event()  # the run has seen it (a KeyboardInterrupt was caugh
 _hurry = threading.Event()
 
 
-def cause(exc: BaseException | None = None) -> str:
+def cause() -> str:
     """What interrupted the run: "SIGTERM", "SIGHUP", or "SIGINT (Ctrl-C)"."""
     return _cause[0] if _cause else "SIGINT (Ctrl-C)"
 
 
-def reason(exc: BaseException | None = None) -> str:
+def reason() -> str:
     """The line for receipts and verdicts: "interrupted by SIGTERM"."""
-    return f"interrupted by {cause(exc)}"
+    return f"interrupted by {cause()}"
 
 
 def hurry() -> bool:
