@@ -103,7 +103,10 @@ def test_release_with_errors_fault_fails_gate3(reference_tarball, tmp_path):
     result = run_week4(reference_tarball("errors"), config.load_env("local"))
     assert not result.verdict.passed
     bad = [op for op in records(result.receipts, "operation") if not op["matched"]]
-    assert bad and all(op["actual"]["status"] == 500 for op in bad)
+    faults = [op for op in bad if op["actual"]["status"] == 500]
+    assert faults and all(op["actual"]["error"] == "injected fault: errors" for op in faults)
+    # Any other mismatch is a consequence: a transition lost to a 500 changes later answers.
+    assert bad[0] is faults[0]
 
 
 def test_tampered_revenue_fails_the_cross_check(tmp_path):
