@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from fixtures_sshd import free_port, start_sshd  # noqa: E402
 
 from pipeline import config, reference  # noqa: E402
-from pipeline.phases.week3 import load_targets  # noqa: E402
+from pipeline.phases.stages import load_targets  # noqa: E402
 from pipeline.probes.load import run_closed_loop, run_open_loop  # noqa: E402
 from pipeline.runtime.base import LaunchSpec  # noqa: E402
 from pipeline.runtime.remote import RemoteOptions, RemoteRuntime  # noqa: E402

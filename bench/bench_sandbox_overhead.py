@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline import config, reference  # noqa: E402
 from pipeline import release as releases  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
-from pipeline.phases.week3 import load_targets  # noqa: E402
+from pipeline.phases.stages import load_targets  # noqa: E402
 from pipeline.probes.load import run_open_loop  # noqa: E402
 from pipeline.probes.smoke import run_smoke  # noqa: E402
 from pipeline.runtime import runtime_for  # noqa: E402

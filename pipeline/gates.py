@@ -3,7 +3,7 @@
 Three layers kept apart, as in k6 and Argo Rollouts' analysis:
   parse   — `parse_threshold("p(95) < 250")` → Threshold (aggregation, operator, number), once;
   measure — `MetricCollector` turns verified receipts into samples per metric key;
-  judge   — `evaluate(spec, samples)` is a pure function → Verdict; rendering lives in report.py.
+  judge   — `evaluate(spec, samples)` is a pure function → Verdict; rendering lives in views.py.
 Missing data fails (unlike k6): every aggregation but `count` needs at least one sample.
 """
 
@@ -16,10 +16,11 @@ from array import array
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from pipeline import receipts
 from pipeline.errors import PipelineError
+from pipeline.stats import Ordered, percentile
 
 _select: Callable[[array[float], int], float] | None
 try:
@@ -453,12 +454,6 @@ def _agrees(billable: int, claimed: Any, amount: Any, price: Any) -> float:
 # ---------------------------------------------------------------- judging (pure)
 
 
-class Ordered(Protocol):
-    def __len__(self) -> int: ...
-
-    def __getitem__(self, rank: int) -> float: ...
-
-
 class Ranked:
     """Samples by rank (0 = smallest) for percentiles, without sorting a million of them: each
     rank is a quickselect in C (pipeline/_native.c) over a private copy. Without the C module
@@ -482,17 +477,6 @@ class Ranked:
             return self._sorted[rank]
         assert _select is not None  # without it the samples were sorted
         return float(_select(self._copy, rank))
-
-
-def percentile(ordered: Ordered, pct: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default) over samples by rank."""
-    if len(ordered) == 1:
-        return float(ordered[0])
-    rank = (len(ordered) - 1) * pct / 100.0
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    low_value = ordered[low]
-    return float(low_value + (ordered[high] - low_value) * (rank - low))
 
 
 def aggregate(

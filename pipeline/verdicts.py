@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import receipts
+from pipeline.catalogue import ORDER
 from pipeline.errors import PipelineError
 from pipeline.gates import GateSpec, Verdict, check
 
@@ -35,15 +36,12 @@ def ledger_entry(
     }
 
 
-WEEKS = ("week2", "week3", "week4", "week5")
-
-
 def judge_file(path: str | Path, spec: GateSpec, *, require_seal: bool = True) -> Verdict:
     """gate.check: verify, judge, append the verdict to the ledger. A week's gate over another
     week's run is bad input (exit 2), not a verdict for the ledger."""
     verdict = check(path, spec, require_seal=require_seal)
     phase = ((verdict.verification.run if verdict.verification else None) or {}).get("phase")
-    if spec.name in WEEKS and phase in WEEKS and phase != spec.name:
+    if spec.name in ORDER and phase in ORDER and phase != spec.name:
         raise PipelineError(
             f"{path}: a {phase} run, not a {spec.name} one (--gate {phase} judges it)"
         )

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import psutil
@@ -166,7 +165,7 @@ def test_week5_starts_the_emulator_where_its_env_points_and_plain_tasks_find_it(
     background when nothing answers at the env's endpoint, and `invoke emulator.status/stop`
     with no flags find it there."""
     from pipeline import config
-    from pipeline.phases.week5 import ensure_endpoint
+    from pipeline.cloudrun.endpoint import ensure_endpoint
     from pipeline.runtime.process import free_port
 
     port = free_port()
@@ -180,7 +179,7 @@ def test_week5_starts_the_emulator_where_its_env_points_and_plain_tasks_find_it(
     state = tmp_path / "runs" / "emulator"
     notes: list[str] = []
     try:
-        assert ensure_endpoint(env, None, SimpleNamespace(note=notes.append)) == url
+        assert ensure_endpoint(env, None, notes.append) == url
         assert notes == [
             f"started the local Cloud Run emulator at {url} (stop it with `invoke emulator.stop`)"
         ]
@@ -199,7 +198,7 @@ def test_week5_starts_the_emulator_where_its_env_points_and_plain_tasks_find_it(
         ), status
         assert status[1:] == [f"  {PARENT}/services/kept"]
         pid = json.loads(invoke("emulator.status", "--json").stdout)["pid"]
-        assert ensure_endpoint(env, None, SimpleNamespace(note=notes.append)) == url
+        assert ensure_endpoint(env, None, notes.append) == url
         assert len(notes) == 1, "an emulator that answers is used, not started again"
         assert json.loads(invoke("emulator.status", "--json").stdout)["pid"] == pid
     finally:

@@ -139,8 +139,9 @@ def test_a_failed_rollback_stops_for_a_person_and_is_not_called_rolled_back():
 
 def _rollout(tmp_path, api, **state_changes):
     from pipeline import config
+    from pipeline.cloudrun.metrics import NoBackend
     from pipeline.phases.base import PhaseRun
-    from pipeline.phases.week5 import NoBackend, Rollout
+    from pipeline.phases.rollout_steps import Rollout
 
     env = config.load_env("cloudrun-local")
     run = PhaseRun("week5", env, receipts_path=tmp_path / "r.jsonl")
@@ -161,7 +162,7 @@ def test_a_canary_step_stopped_half_way_puts_traffic_back(tmp_path, monkeypatch,
     completed step instead of staying where the unjudged step left it."""
     from pipeline import config
     from pipeline.cloudrun.client import FakeCloudRun, Template
-    from pipeline.phases import week5
+    from pipeline.phases import rollout_steps
 
     api = FakeCloudRun()
     template = Template.of(config.load_env("cloudrun-local").cloudrun, "file:///t.tar.gz")
@@ -174,9 +175,9 @@ def test_a_canary_step_stopped_half_way_puts_traffic_back(tmp_path, monkeypatch,
         r.api.set_traffic(canary_routes("svc-00001-abc", "svc-00002-abc", percent, "candidate"))
         raise stop
 
-    monkeypatch.setitem(week5.ACTIONS, "canary", half_way)
+    monkeypatch.setitem(rollout_steps.ACTIONS, "canary", half_way)
     with pytest.raises(type(stop)):
-        week5.drive(r)
+        rollout_steps.drive(r)
     assert api.calls[-2:] == [
         "set_traffic:svc-00002-abc=50#candidate,svc-00001-abc=50",
         "set_traffic:svc-00002-abc=10#candidate,svc-00001-abc=90",
@@ -259,7 +260,7 @@ WINDOW_KEYS = [
 def test_a_canary_step_is_judged_on_its_own_window(tmp_path, key, filters):
     """[gates.canary] keys are narrowed to the step's receipts, also those with filters."""
     from pipeline import config
-    from pipeline.phases.week5 import window_gate
+    from pipeline.analysis import window_gate
 
     env_file = tmp_path / "canary.toml"
     env_file.write_text(
@@ -328,8 +329,8 @@ def test_a_drain_waits_for_figures_or_the_whole_window(readings, how, waited):
 def test_a_canary_window_without_requests_fails_even_with_count_rules_only(tmp_path):
     """Deploy and traffic receipts are evidence for the file, not for the window."""
     from pipeline import config
+    from pipeline.analysis import window_gate
     from pipeline.gates import check
-    from pipeline.phases.week5 import window_gate
     from pipeline.receipts import ReceiptWriter
 
     env = config.load_env("cloudrun-local")
@@ -371,8 +372,8 @@ LATENCY = {"count": 80, "avg": 12.0, "p50": 10.0, "p95": 40.0, "p99": 90.0, "max
     ids=["p95-ok", "p95-high", "max-ge", "med", "p90-unmeasured", "min-unmeasured", "count"],
 )
 def test_the_candidates_own_latency_is_judged_by_every_rule(rule, problem):
+    from pipeline.analysis import revision_latency_problems
     from pipeline.gates import parse_gate
-    from pipeline.phases.week5 import revision_latency_problems
 
     spec = parse_gate("canary", {"http.latency_ms": [rule]}, "t.toml")
     problems = revision_latency_problems(spec, LATENCY, "svc-00002-abc")
@@ -396,12 +397,12 @@ def test_the_candidates_own_latency_is_judged_by_every_rule(rule, problem):
 )
 def test_drain_says_why_there_is_nothing_to_drain(tmp_path, history, note):
     from pipeline.cloudrun.client import FakeCloudRun
-    from pipeline.phases import week5
+    from pipeline.phases.rollout_steps import do_drain
 
     r = _rollout(
         tmp_path, FakeCloudRun(), candidate="svc-00001-abc", phase="drain", history=history
     )
-    assert week5.do_drain(r) == {"note": note}
+    assert do_drain(r) == {"note": note}
 
 
 def test_rolling_back_a_finished_rollout_needs_force(tmp_path):

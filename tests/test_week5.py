@@ -104,7 +104,7 @@ class Background:
     """Constant load through the service URL while a rollout runs; every result kept."""
 
     def __init__(self, url: str, rate: float = 50):
-        from pipeline.phases.week3 import load_targets
+        from pipeline.phases.stages import load_targets
         from pipeline.probes.load import StopToken
 
         self.results: list = []

@@ -1,14 +1,35 @@
-"""Per-revision facts beyond the Admin API. Here: the local emulator's metrics endpoint
-(`GET /emulator/v1/<service>/metrics?window_s=W`), read over HTTP like any other client."""
+"""Metric providers: per-revision facts beyond the Admin API, behind one small protocol
+(`Backend.revisions`). Providers: the local emulator's metrics endpoint
+(`GET /emulator/v1/<service>/metrics?window_s=W`), read over HTTP like any other client, and
+`NoBackend` (nothing known: the rollout judges from its own receipts alone)."""
 
 from __future__ import annotations
 
 import json
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, Protocol
 
 from pipeline.config import CloudRunSettings
+
+
+class Backend(Protocol):
+    """What the platform tells about its revisions beyond the Admin API (the emulator's metrics
+    endpoint; on Google, Cloud Monitoring). None means: not available here."""
+
+    def revisions(self, window_s: float | None = None) -> dict[str, dict[str, Any]] | None: ...
+
+
+class NoBackend:
+    def revisions(self, window_s: float | None = None) -> dict[str, dict[str, Any]] | None:
+        return None
+
+
+def default_backend(settings: CloudRunSettings, endpoint: str | None) -> Backend:
+    """The emulator's metrics endpoint when the API is local; nothing on Google."""
+    if endpoint and endpoint.startswith("http://127.0.0.1"):
+        return EmulatorMetrics(endpoint, settings)
+    return NoBackend()
 
 
 class EmulatorMetrics:

@@ -2,8 +2,8 @@
 
 `RolloutState` is everything needed to continue after a crash; it is saved after every step
 (runs/<run-id>/rollout.json). `next_step(state)` is the one function that decides what comes
-next; `advance(state, step, outcome)` is the pure transition. The phase (phases/week5.py) acts:
-it executes a step against Cloud Run and the probes and reports the outcome back.
+next; `advance(state, step, outcome)` is the pure transition. phases/rollout_steps.py acts: it
+executes a step against Cloud Run and the probes and reports the outcome back.
 
 Traffic routing is a tiny interface over the API: `canary_routes` (set weight),
 `weight_is` (verify weight), `rollback_routes` (all traffic back to the stable revision).

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import math
 import random
 import time
 from collections.abc import Callable
 from typing import Any
 
 import orjson
+
+from pipeline.stats import percentile
 
 _now = time.perf_counter
 _MAX_HEAD = 64 * 1024
@@ -999,17 +1000,11 @@ def percentiles(values: list[float]) -> dict[str, float]:
         return {"count": 0, "avg": 0.0, "p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0}
     ordered = sorted(values)
 
-    def pct(q: float) -> float:
-        pos = (len(ordered) - 1) * q / 100.0
-        lo = math.floor(pos)
-        hi = min(lo + 1, len(ordered) - 1)
-        return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
     return {
         "count": len(ordered),
         "avg": round(sum(ordered) / len(ordered), 3),
-        "p50": round(pct(50), 3),
-        "p95": round(pct(95), 3),
-        "p99": round(pct(99), 3),
+        "p50": round(percentile(ordered, 50), 3),
+        "p95": round(percentile(ordered, 95), 3),
+        "p99": round(percentile(ordered, 99), 3),
         "max": round(ordered[-1], 3),
     }

@@ -10,18 +10,10 @@ from typing import Any
 
 from pipeline import release as releases
 from pipeline import verdicts
+from pipeline.catalogue import GATE_NAMES, ORDER
 from pipeline.config import Env
 from pipeline.errors import GateFailed
 from pipeline.phases.base import PhaseResult, View
-
-ORDER = ("week2", "week3", "week4", "week5")
-GATE_NAMES = {"week2": "Gate 1", "week3": "Gate 2", "week4": "Gate 3", "week5": "Gate 4"}
-DEFAULT_ENVS = {
-    "week2": "ccw-sandbox",
-    "week3": "local",
-    "week4": "local",
-    "week5": "cloudrun-local",
-}
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ class StageFailed(Exception):
 
 
 class View(Protocol):
-    """How a phase shows itself; rich for humans (report.PhaseView), nothing in tests."""
+    """How a phase shows itself; rich for humans (views.PhaseView), nothing in tests."""
 
     def stage_started(self, name: str) -> None: ...
 

@@ -29,9 +29,10 @@ from typing import Any
 
 from pipeline import config, reference
 from pipeline import receipts as receipt_log
+from pipeline.catalogue import DEFAULT_ENVS, ORDER
 from pipeline.config import Env
 from pipeline.errors import PipelineError
-from pipeline.phases.all import DEFAULT_ENVS, ORDER, WeekOutcome, run_all
+from pipeline.phases.all import WeekOutcome, run_all
 from pipeline.phases.base import View
 
 DEMO_ENV = "demo"  # envs/demo.toml: cloudrun-local with short windows
@@ -282,7 +283,7 @@ def own_emulator(env: Env, say: Callable[[str], None]) -> Iterator[str]:
     """The local Cloud Run emulator on a free port, its state in the runs dir; stopped with
     every instance when the demo ends, however it ends (a state dir only the demo uses: what
     is registered there is the demo's)."""
-    from pipeline.phases.week5 import start_endpoint, stop_emulator
+    from pipeline.cloudrun.endpoint import start_endpoint, stop_emulator
     from pipeline.runtime.process import free_port
     from pipeline.runtime.readiness import http_status
 
@@ -427,9 +428,9 @@ def ask_service(env: Env, endpoint: str, asks: int = ASKS) -> Serving:
     """cloudrun.status's facts, and `asks` GET /metrics through the service URL: which release
     (and revision) answers."""
     from pipeline.cloudrun import ops
-    from pipeline.phases.week5 import default_backend
+    from pipeline.cloudrun.metrics import default_backend
 
-    status = ops.status(env, endpoint, default_backend(env, endpoint))
+    status = ops.status(env, endpoint, default_backend(env.cloudrun, endpoint))
     return Serving(status, [ask(str(status["uri"])) for _ in range(asks)])
 
 

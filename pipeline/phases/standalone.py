@@ -21,16 +21,11 @@ from pipeline import release as releases
 from pipeline.config import Env
 from pipeline.errors import PipelineError
 from pipeline.phases.base import PhaseRun, View
-from pipeline.phases.week3 import (
-    LoadPlan,
-    launch_env,
-    load_targets,
-    run_load_stage,
-    run_smoke_stage,
-)
+from pipeline.phases.live import launch_env
+from pipeline.phases.stages import LoadPlan, load_targets, run_load_stage, run_smoke_stage
 from pipeline.probes.monitor import Monitor, Sample
 from pipeline.runtime.base import LaunchSpec, Stats
-from pipeline.runtime.process import child_env, free_port
+from pipeline.runtime.process import free_port, launch
 from pipeline.runtime.readiness import NotReady, wait_until_ready
 from pipeline.waiting import WaitTimeout, poll
 
@@ -285,15 +280,7 @@ def start_background(tarball: Path, env: Env, *, port: int | None = None) -> dic
         )
         log = workdir / "release.log"
         with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                [str(release.start_script), "foreground"],
-                cwd=workdir / "tmp",
-                env=child_env(spec, spec.port),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            proc = launch(spec, spec.port, out, detached=True)
         url = f"http://{spec.host}:{spec.port}"
         started = time.monotonic()
         try:

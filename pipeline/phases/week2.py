@@ -4,7 +4,7 @@ Eleven stages, each measured and each with receipts:
 
   1 environment  runsc version and platform; a probe sandbox with the limits, read back from its
                  cgroup and from inside (MemTotal, kernel release, uid)
-  2 validate     the tarball is an OTP release (week 3's LiveRelease)
+  2 validate     the tarball is an OTP release (phases/live.py's LiveRelease)
   3 extract      safe extraction; the tree is bind-mounted read-only at /opt/taiea
   4 configure    the sandbox's environment (secrets redacted) and its OCI settings
   5 start        `runsc run`, time to ready (startup receipt), what is bind-mounted (mount)
@@ -26,7 +26,6 @@ native comparison run) is removed at the end, also after a failed stage or Ctrl-
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,17 +35,11 @@ from pipeline import release as releases
 from pipeline.config import Env
 from pipeline.errors import PipelineError
 from pipeline.phases.base import PhaseResult, PhaseRun, StageFailed, View
-from pipeline.phases.week3 import (
-    LiveRelease,
-    LoadPlan,
-    launch_env,
-    load_targets,
-    run_load_stage,
-    run_phase_frame,
-    run_smoke_stage,
-)
+from pipeline.phases.frame import run_phase_frame
+from pipeline.phases.live import LiveRelease, launch_env
+from pipeline.phases.stages import LoadPlan, open_loop, run_load_stage, run_smoke_stage
 from pipeline.runtime import runtime_for
-from pipeline.runtime.base import LaunchSpec, StartupFailed
+from pipeline.runtime.base import StartupFailed
 from pipeline.waiting import WaitTimeout, poll
 
 STAGES = (
@@ -602,25 +595,12 @@ class Rehearsal:
     def measure_native(self) -> None:
         """The same release as a plain process on the sandbox's host (the runtime's native()),
         under the same load, probed the same way."""
-        from pipeline.probes.load import Tick, run_open_loop
         from pipeline.probes.smoke import run_smoke
 
         assert self.live.release is not None
         tmp = self.live.workdir / "native-tmp"
         tmp.mkdir(exist_ok=True)
-        launch = launch_env(self.env, tmp)
-        spec = LaunchSpec(
-            root=self.live.release.root,
-            name=self.live.release.info.name,
-            env=launch,
-            port=0,
-            host=self.env.start.host,
-            ready_path=self.env.start.ready_path,
-            fallback_ready_path=self.env.start.fallback_ready_path,
-            poll_interval_s=self.env.start.poll_interval_s,
-            run_id=self.run.writer.run_id,
-        )
-        instance = self.native_runtime.start(spec)
+        instance = self.native_runtime.start(self.live.launch_spec(launch_env(self.env, tmp), 0))
         self.native_instance = instance
         try:
             try:
@@ -636,27 +616,7 @@ class Rehearsal:
                 raise StageFailed(
                     f"smoke tests failed natively: {failed}", log_tail=instance.logs(30)
                 )
-
-            def on_tick(tick: Tick) -> None:
-                self.run.view.load_tick(tick.elapsed_s, tick.rps, tick.p95_ms, tick.sent)
-
-            self.run.view.load_started(
-                f"native: {self.plan.rate:g} req/s for {self.plan.duration_s:g} s",
-                self.plan.duration_s,
-            )
-            try:
-                summary = run_open_loop(
-                    instance.url,
-                    load_targets(self.env.smoke, self.plan.endpoints),
-                    self.plan.rate,
-                    self.plan.duration_s,
-                    on_tick=on_tick,
-                    max_inflight=self.env.load.max_inflight,
-                    timeout_s=self.env.load.timeout_s,
-                    late_ms=self.env.load.late_ms,
-                )
-            finally:
-                self.run.view.load_finished()
+            summary = open_loop(self.run, instance.url, self.plan, label="native: ")
             self.run.write(
                 "summary",
                 "constraints",
@@ -711,31 +671,21 @@ class Rehearsal:
 
     def stop_sandbox(self) -> list[str]:
         """Stop the monitor and the sandbox: `shutdown` and `capture` receipts; what went wrong."""
-        live, instance = self.live, self.instance
-        if live.monitor is not None:
-            live.monitor.__exit__(None, None, None)
+        instance = self.instance
         if instance is None:
+            if self.live.monitor is not None:
+                self.live.monitor.__exit__(None, None, None)
             return []
-        was_alive = instance.alive()
-        began = time.monotonic()
-        status = instance.stop(self.env.start.stop_grace_s)
-        capture = instance.capture
-        self.run.write(
-            "shutdown",
+        was_alive, status = self.live.shutdown(
             "summary",
-            exit_status=status,
-            clean=status == 0 and was_alive,
-            stop_seconds=round(time.monotonic() - began, 4),
-            uptime_s=round(time.monotonic() - instance.started_at, 3),
-            requests=capture.counts.get("request", 0),
-            peak_rss_mb=live.monitor.peak_rss_mb if live.monitor else None,
-            memory_peak_mb=_mb(instance.final.memory_max_usage_bytes) if instance.final else None,
-            release_shutdown=capture.last.get("shutdown"),
-            removed=not instance.sandbox.leftovers,
-            leftovers=instance.sandbox.leftovers,
+            lambda sandboxed: {
+                "memory_peak_mb": _mb(sandboxed.final.memory_max_usage_bytes)
+                if sandboxed.final
+                else None,
+                "removed": not sandboxed.sandbox.leftovers,
+                "leftovers": sandboxed.sandbox.leftovers,
+            },
         )
-        self.run.write("capture", "summary", **capture.as_receipt())
-        self.run.facts["exit_status"] = status
         self.report_oom("summary")
         problems = []
         if not was_alive and self.live.ready_s is None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from pipeline.config import Env
 from pipeline.phases.base import PhaseResult, PhaseRun
-from pipeline.phases.week3 import run_live_phase
+from pipeline.phases.frame import run_live_phase
 from pipeline.pilots import Scenario, load_scenario
 from pipeline.runtime.base import Instance
 

@@ -43,6 +43,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from pipeline.stats import percentile
+
 __all__ = [
     "LoadSummary",
     "RequestResult",
@@ -184,18 +186,6 @@ class StopToken:
 
 def _ignore(_result: RequestResult) -> None:
     return None
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (0..100) of an ascending sequence; 0.0 when empty."""
-    n = len(sorted_values)
-    if n == 0:
-        return 0.0
-    pos = (n - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, n - 1)
-    frac = pos - lo
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * frac
 
 
 # --------------------------------------------------------------------------------------------
@@ -742,7 +732,9 @@ class _Run:
         history.append((now, n, self.completed))
         if len(history) > _WINDOW_TICKS:
             del history[0]
-        self.on_tick(Tick(now - self.t0, self.sent, self.completed, rps, percentile(window, 95)))
+        self.on_tick(
+            Tick(now - self.t0, self.sent, self.completed, rps, percentile(window, 95, empty=0.0))
+        )
 
     # -- stop
 
@@ -853,9 +845,9 @@ class _Run:
             dropped=self.dropped,
             late=self.late,
             achieved_rps=self.in_window / window if window > 0 else 0.0,
-            p50_ms=percentile(lat, 50),
-            p95_ms=percentile(lat, 95),
-            p99_ms=percentile(lat, 99),
+            p50_ms=percentile(lat, 50, empty=0.0),
+            p95_ms=percentile(lat, 95, empty=0.0),
+            p99_ms=percentile(lat, 99, empty=0.0),
             max_ms=lat[-1] if lat else 0.0,
             success_rate=self.passed / self.scheduled if self.scheduled else 0.0,
         )

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline import __version__
+from pipeline.catalogue import GATE_NAMES
 from pipeline.config import Env
 from pipeline.reporting import charts
 from pipeline.reporting.charts import PALETTE, Band, HLine, Marker, Row, Series, Span, esc
@@ -713,8 +714,6 @@ def _and(items: list[str]) -> str:
 
 def heading(report: Report) -> str:
     """The page's title: release, phase and gate, each said once ("week 3 · Gate 2")."""
-    from pipeline.phases.all import GATE_NAMES
-
     release = report.release
     name = f"{release.get('name') or 'release'} {release.get('version') or ''}".strip()
     phase = report.phase

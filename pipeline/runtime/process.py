@@ -173,16 +173,24 @@ class ProcessRuntime:
 
     def start(self, spec: LaunchSpec) -> ProcessInstance:
         port = spec.port or free_port(spec.host)
-        script = spec.root / "bin" / spec.name
-        proc = subprocess.Popen(
-            # KILL: a VM still booting loses a SIGTERM (the chaos test saw it live on); a
-            # pipeline that died cannot record a graceful stop anyway
-            dies_with_us([str(script), "foreground"], "KILL"),
-            cwd=spec.env.get("TMPDIR", "/tmp"),
-            env=child_env(spec, port),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stop() can reap every child
-        )
-        return ProcessInstance(spec, port, proc)
+        return ProcessInstance(spec, port, launch(spec, port, subprocess.PIPE))
+
+
+def launch(
+    spec: LaunchSpec, port: int, stdout: int | IO[bytes], *, detached: bool = False
+) -> subprocess.Popen[bytes]:
+    """The release's start script in the foreground, in its own process group (so a stop can
+    reap every child), with a clean environment. Unless `detached` (`release.start
+    --background`: the release outlives this process), it dies with us."""
+    argv = [str(spec.root / "bin" / spec.name), "foreground"]
+    return subprocess.Popen(
+        # KILL: a VM still booting loses a SIGTERM (the chaos test saw it live on); a
+        # pipeline that died cannot record a graceful stop anyway
+        argv if detached else dies_with_us(argv, "KILL"),
+        cwd=spec.env.get("TMPDIR", "/tmp"),
+        env=child_env(spec, port),
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )

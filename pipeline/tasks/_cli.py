@@ -116,10 +116,10 @@ PHASE_HELP = {
 
 def finish_phase(result, console):
     """Render the verdict and where the receipts are; a failed gate becomes exit 99."""
-    from pipeline import report
+    from pipeline import views
     from pipeline.errors import GateFailed
 
-    report.render_verdict(console, result.verdict)
+    views.render_verdict(console, result.verdict)
     console.print(f"receipts: {result.receipts}  ({result.wall_s:.2f} s)", highlight=False)
     for label, key in (("report", "report_html"), ("junit", "junit_xml")):
         if result.facts.get(key):
@@ -130,10 +130,10 @@ def finish_phase(result, console):
 
 def phase_view(json_mode, title):
     """The console for humans and the live phase view on it."""
-    from pipeline import report
+    from pipeline import views
 
     console = human_console(json_mode)
-    return console, report.PhaseView(console, title)
+    return console, views.PhaseView(console, title)
 
 
 def json_echo(json_mode):

@@ -17,11 +17,12 @@ ENDPOINT_HELP = "Cloud Run API endpoint, overriding the env file (or PIPELINE_CL
 
 def _where(env, endpoint):
     from pipeline import config
-    from pipeline.phases.week5 import answering_endpoint, default_backend
+    from pipeline.cloudrun.endpoint import answering_endpoint
+    from pipeline.cloudrun.metrics import default_backend
 
     environment = config.load_env(env)
     where = answering_endpoint(environment, endpoint)
-    return environment, where, default_backend(environment, where)
+    return environment, where, default_backend(environment.cloudrun, where)
 
 
 @task(

@@ -47,7 +47,7 @@ def run(c, duration=None, out="build", runs="runs/demo", env="demo"):
     with exit_codes():
         from pathlib import Path
 
-        from pipeline import report
+        from pipeline import views
         from pipeline.errors import GateFailed
         from pipeline.phases.demo import WEEK_WINDOW_S, run_demo
 
@@ -56,7 +56,7 @@ def run(c, duration=None, out="build", runs="runs/demo", env="demo"):
         result = run_demo(
             build_dir=Path(out) / "demo",
             runs_root=Path(runs),
-            view_for=lambda title: report.PhaseView(console, title),
+            view_for=lambda title: views.PhaseView(console, title),
             say=lambda text: console.print(text, highlight=False),
             env=env,
             week_window_s=window,
@@ -72,10 +72,11 @@ def show(console, result):
     from rich import box
     from rich.table import Table
 
-    from pipeline import report
+    from pipeline import views
+    from pipeline.catalogue import WEEKS
     from pipeline.phases.demo import ACTS
 
-    marks = {True: report.PASS, False: report.FAIL, None: "[dim]–[/dim]"}
+    marks = {True: views.PASS, False: views.FAIL, None: "[dim]–[/dim]"}
     console.rule("the demo")
     table = Table(
         title="Phase 2, per release",
@@ -85,9 +86,10 @@ def show(console, result):
         padding=(0, 1),
     )
     table.add_column("release", no_wrap=True)
-    for gate, week in (("Gate 1", "week 2"), ("Gate 2", "week 3"), ("Gate 3", "week 4")):
-        table.add_column(f"{gate}\n{week}", justify="center", no_wrap=True)
-    table.add_column("Gate 4\nweek 5", justify="center", no_wrap=True)
+    for week in WEEKS:
+        table.add_column(
+            f"{week.gate}\n{week.heading.split(' · ')[0]}", justify="center", no_wrap=True
+        )
     table.add_column("as meant", no_wrap=True)
     for release in result.releases:
         fault = "" if release.act.fault == "none" else f" {release.act.fault}"
@@ -126,7 +128,7 @@ def show(console, result):
     verdict = "[green]as meant[/green]" if result.passed else "[red]NOT as meant[/red]"
     console.print(f"demo: {verdict} in {result.wall_s:.0f} s", highlight=False)
     for problem in result.problems:
-        console.print(f"  {report.FAIL} {problem}", highlight=False)
+        console.print(f"  {views.FAIL} {problem}", highlight=False)
 
 
 MEANT = {

@@ -23,7 +23,7 @@ def check(c, gate, receipts, env="local", json=False, unsealed=False):
     with exit_codes():
         gate = required("--gate", gate, "gate.check")
         receipts = required("--receipts", receipts, "gate.check")
-        from pipeline import envfiles, report, verdicts
+        from pipeline import envfiles, verdicts, views
         from pipeline import receipts as receipt_log
         from pipeline.errors import GateFailed
 
@@ -32,8 +32,8 @@ def check(c, gate, receipts, env="local", json=False, unsealed=False):
         verdict = verdicts.judge_file(receipts, spec, require_seal=not unsealed)
         console = human_console(json)
         if verdict.verification is not None:
-            report.render_verification(console, verdict.verification)
-        report.render_verdict(console, verdict)
+            views.render_verification(console, verdict.verification)
+        views.render_verdict(console, verdict)
         if json:
             print(jsonlib.dumps(verdict.as_fields(), ensure_ascii=False))
         if not verdict.passed:

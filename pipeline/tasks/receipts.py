@@ -18,11 +18,11 @@ def verify(c, file, unsealed=False):
     """Verify the hash chain: exit 0 verified, 99 broken (first bad line named), 2 unreadable."""
     with exit_codes():
         file = positional(file, "receipts.verify")
-        from pipeline import receipts, report
+        from pipeline import receipts, views
         from pipeline.errors import GateFailed
 
         verification = receipts.verify_file(receipts.receipts_file(file), unsealed=unsealed)
-        report.render_verification(human_console(False), verification)
+        views.render_verification(human_console(False), verification)
         if not verification.ok:
             raise GateFailed(verification.describe())
 
@@ -44,7 +44,7 @@ def show(c, file, kind=None, limit=None, json=False):
 
         import orjson
 
-        from pipeline import receipts, report
+        from pipeline import receipts, views
 
         limit = number("--limit", limit, integer=True, at_least=1)
         records = receipts.select(Path(file), kind or None, limit)
@@ -52,7 +52,7 @@ def show(c, file, kind=None, limit=None, json=False):
             for record in records:
                 sys.stdout.buffer.write(orjson.dumps(record) + b"\n")
             return
-        human_console(False).print(report.receipts_table(records))
+        human_console(False).print(views.receipts_table(records))
 
 
 ns = Collection("receipts")

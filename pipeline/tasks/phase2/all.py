@@ -34,9 +34,10 @@ def all_weeks(
     """Phase 2 end to end: weeks 2 → 5, each refusing to start without the previous gate's pass."""
     with exit_codes():
         tarball = required("--tarball", tarball, "phase2.all")
-        from pipeline import config, report
+        from pipeline import config, views
+        from pipeline.catalogue import DEFAULT_ENVS
         from pipeline.errors import GateFailed
-        from pipeline.phases.all import DEFAULT_ENVS, run_all
+        from pipeline.phases.all import run_all
 
         chosen = {"week2": week2_env, "week3": week3_env, "week4": week4_env, "week5": week5_env}
         envs = {week: config.load_env(chosen[week] or DEFAULT_ENVS[week]) for week in DEFAULT_ENVS}
@@ -48,10 +49,10 @@ def all_weeks(
             options["week3"] = {"duration": window}
 
         def view_for(week, env):
-            return report.PhaseView(console, f"{week} · env {env.name}")
+            return views.PhaseView(console, f"{week} · env {env.name}")
 
         outcomes = run_all(tarball, envs, view_for=view_for, options=options)
-        console.print(report.gates_table(outcomes))
+        console.print(views.gates_table(outcomes))
         failed = [o for o in outcomes if o.result is None or not o.result.verdict.passed]
         if failed:
             raise GateFailed(f"{failed[0].gate} ({failed[0].week}): {failed[0].note}")

@@ -2,6 +2,7 @@
 
 from invoke import task
 
+from pipeline import catalogue
 from pipeline.tasks._cli import PHASE_HELP, exit_codes, finish_phase, number, required
 from pipeline.tasks._remote import REMOTE_HELP, run_live_task
 
@@ -14,7 +15,7 @@ from pipeline.tasks._remote import REMOTE_HELP, run_live_task
         "rate": "override the load profile's arrival rate (req/s)",
         "duration": "override the load profile's duration (s); down to 2 s for a quick check",
     },
-    aliases=("sandbox",),
+    aliases=(catalogue.week("week2").alias,),
     positional=[],
     auto_shortflags=False,  # -h is help, not --host
 )
@@ -39,7 +40,7 @@ def week2(
         from pipeline.phases.week2 import run_week2
 
         result, console = run_live_task(
-            "week 2 · sandbox rehearsal",
+            catalogue.week("week2").heading,
             run_week2,
             tarball,
             env,

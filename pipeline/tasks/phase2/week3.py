@@ -2,6 +2,7 @@
 
 from invoke import task
 
+from pipeline import catalogue
 from pipeline.tasks._cli import PHASE_HELP, exit_codes, finish_phase, number, required
 from pipeline.tasks._remote import REMOTE_HELP, run_live_task
 
@@ -13,7 +14,7 @@ from pipeline.tasks._remote import REMOTE_HELP, run_live_task
         "rate": "override the load profile's arrival rate (req/s)",
         "duration": "override the load profile's duration (s); down to 2 s for a quick check",
     },
-    aliases=("live",),
+    aliases=(catalogue.week("week3").alias,),
     positional=[],
     auto_shortflags=False,  # -h is help, not --host
 )
@@ -37,7 +38,7 @@ def week3(
         from pipeline.phases.week3 import run_week3
 
         result, console = run_live_task(
-            "week 3 · live integration",
+            catalogue.week("week3").heading,
             run_week3,
             tarball,
             env,

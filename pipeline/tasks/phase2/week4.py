@@ -2,6 +2,7 @@
 
 from invoke import task
 
+from pipeline import catalogue
 from pipeline.tasks._cli import PHASE_HELP, exit_codes, finish_phase, number, required
 from pipeline.tasks._remote import REMOTE_HELP, run_live_task
 
@@ -13,7 +14,7 @@ from pipeline.tasks._remote import REMOTE_HELP, run_live_task
         "scenario": "pilot scenario file (default pilots/first-customer.toml)",
         "concurrency": "operations in flight at once (each tenant's stay in order); default: the scenario's",
     },
-    aliases=("pilot",),
+    aliases=(catalogue.week("week4").alias,),
     positional=[],
     auto_shortflags=False,  # -h is help, not --host
 )
@@ -37,7 +38,7 @@ def week4(
         from pipeline.phases.week4 import DEFAULT_SCENARIO, run_week4
 
         result, console = run_live_task(
-            "week 4 · customer pilot",
+            catalogue.week("week4").heading,
             run_week4,
             tarball,
             env,

@@ -2,6 +2,7 @@
 
 from invoke import task
 
+from pipeline import catalogue
 from pipeline.tasks._cli import (
     PHASE_HELP,
     exit_codes,
@@ -22,7 +23,7 @@ from pipeline.tasks._cli import (
         "keep_emulator": "leave running the local emulator this run had to start (default: "
         "stopped at the end; its services are kept for the next start)",
     },
-    aliases=("production",),
+    aliases=(catalogue.week("week5").alias,),
     positional=[],
 )
 def week5(
@@ -35,7 +36,9 @@ def week5(
         from pipeline.phases.week5 import run_week5
 
         environment = config.load_env(env)
-        console, view = phase_view(json, f"week 5 · Cloud Run rollout · env {environment.name}")
+        console, view = phase_view(
+            json, f"{catalogue.week('week5').heading} · env {environment.name}"
+        )
         result = run_week5(
             tarball,
             environment,

@@ -1,0 +1,91 @@
+"""Canary analysis: one window's receipts judged with the `[gates.canary]` table, and the
+candidate revision's own figures (from a metrics provider) judged with the same thresholds.
+
+Pure functions over gate specs and plain dicts: the steps that act live in phases/rollout_steps.py,
+the providers in cloudrun/metrics.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.config import Env
+from pipeline.errors import PipelineError
+from pipeline.gates import GateSpec, parse_gate
+
+
+def window_gate(env: Env, stage: str) -> GateSpec:
+    """The `[gates.canary]` thresholds, judged on the receipts of one window only; a window
+    without a single request fails, whatever the table asks (count rules alone would pass it)."""
+    table = env.gates.get("canary")
+    if not table:
+        raise PipelineError(f"{env.path}: no [gates.canary] table for the canary steps")
+    source = env.sources.get("gates.canary", str(env.path))
+    scoped: dict[str, list[str]] = {}
+    for key, exprs in table.items():
+        scoped.setdefault(_in_window(key, stage), []).extend(
+            [exprs] if isinstance(exprs, str) else exprs
+        )
+    scoped.setdefault(_in_window("http.latency_ms", stage), []).append("count > 0")
+    return parse_gate(f"canary:{stage}", scoped, source)
+
+
+def _in_window(key: str, stage: str) -> str:
+    """`metric{filters}` narrowed to one stage's receipts, its own filters kept; a key that
+    names a stage itself is left as written."""
+    name, _, filters = key.partition("{")
+    filters = filters.rstrip("}").strip()
+    if any(f.split(":", 1)[0].strip() == "stage" for f in filters.split(",")):
+        return key
+    return f"{name}{{{filters + ',' if filters else ''}stage:{stage}}}"
+
+
+def revision_window(
+    before: dict | None, after: dict | None, revision: str | None
+) -> dict[str, Any] | None:
+    """The candidate's own requests and errors during the window, where the backend gives them."""
+    if not after or not revision or revision not in after:
+        return None
+    now, then = after[revision], (before or {}).get(revision, {})
+    return {
+        "requests": now.get("requests", 0) - then.get("requests", 0),
+        "errors": now.get("errors", 0) - then.get("errors", 0),
+        "instances": now.get("instances"),
+        "latency_ms": now.get("latency_ms"),
+    }
+
+
+_BACKEND_NAME = {"med": "p50"}  # the backend's name for an aggregation, where it differs
+
+
+def revision_latency_problems(
+    spec: GateSpec, latency: dict[str, Any], revision: str | None
+) -> list[str]:
+    """The window's latency thresholds applied to the candidate's own figures (the backend
+    measures per revision what the client sees mixed). Count rules are about the window's
+    requests, not the candidate's share, and stay with the window's verdict; an aggregation the
+    backend does not give fails (it would otherwise never be judged per revision)."""
+    if not latency.get("count"):
+        return []
+    problems: list[str] = []
+    for key, thresholds in spec.rules:
+        if key.name != "http.latency_ms":
+            continue
+        for threshold in thresholds:
+            if threshold.agg == "count":
+                continue
+            name = (
+                f"p{threshold.pct:g}"
+                if threshold.agg == "p"
+                else _BACKEND_NAME.get(threshold.agg, threshold.agg)
+            )
+            value = latency.get(name)
+            if value is None:
+                given = ", ".join(k for k in latency if k != "count")
+                problems.append(
+                    f"{revision} {threshold.label}: not measured per revision (given: {given})"
+                )
+            elif not threshold.holds(value):
+                problems.append(
+                    f"{revision} {threshold.label} {value:g} ms (needs {threshold.source})"
+                )
+    return problems
