@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import signal
 import socket
 import threading
@@ -30,10 +29,10 @@ from pipeline.probes.load import (
     StopToken,
     Target,
     Tick,
-    percentile,
     run_closed_loop,
     run_open_loop,
 )
+from pipeline.stats import percentile
 
 HEALTH = Target("health_check", "GET", "/health")
 
@@ -577,16 +576,6 @@ def test_bad_arguments() -> None:
         run_open_loop("http://127.0.0.1:1", [HEALTH], 0, 1)
     with pytest.raises(ValueError):
         run_closed_loop("http://127.0.0.1:1", [HEALTH], 0, 1)
-
-
-def test_percentile() -> None:
-    assert percentile([], 50) == 0.0
-    assert percentile([5.0], 99) == 5.0
-    values = [float(v) for v in range(1, 101)]
-    assert percentile(values, 50) == pytest.approx(50.5)
-    assert percentile(values, 100) == 100.0
-    assert percentile(values, 0) == 1.0
-    assert math.isclose(percentile(values, 95), 95.05)
 
 
 # ------------------------------------------------------------------------------ the real release

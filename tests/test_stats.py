@@ -19,8 +19,18 @@ from pipeline.stats import percentile
         ([1.0, 2.0, 3.0, 4.0], 0, 1.0),
         ([1.0, 2.0, 3.0, 4.0], 100, 4.0),
         ([10.0, 20.0, 30.0, 40.0, 50.0], 95, 48.0),
+        ([float(v) for v in range(1, 101)], 50, 50.5),
+        ([float(v) for v in range(1, 101)], 95, 95.05),
     ],
-    ids=["one-sample", "median-of-two", "p0-is-min", "p100-is-max", "p95-between-ranks"],
+    ids=[
+        "one-sample",
+        "median-of-two",
+        "p0-is-min",
+        "p100-is-max",
+        "p95-between-ranks",
+        "median-1-to-100",
+        "p95-1-to-100",
+    ],
 )
 def test_percentile_interpolates_between_closest_ranks(samples, pct, expected):
     assert percentile(samples, pct) == pytest.approx(expected)
