@@ -93,7 +93,11 @@ class Metric:
     kinds: tuple[str, ...]
     extract: Extract
     help: str
-    per_second: bool = False  # samples are counts of matching records per second of `sent_s`
+    # samples are counts of matching records per second of the load's schedule (`scheduled_s`;
+    # `sent_s` where a receipt has none): a send a busy machine pushed past the window's end
+    # counts in the second it was due, so a window has its own seconds and no partial extra one
+    # (its lateness is charged to its latency, measured from the schedule)
+    per_second: bool = False
     cross_check: bool = False  # samples come from comparing records with each other (see below)
     fields: tuple[str, ...] = ()  # the fields `extract` (or the cross-check) reads
 
@@ -102,7 +106,7 @@ class Metric:
         return (
             *self.fields,
             *((found,) if found else ()),
-            *(("sent_s",) if self.per_second else ()),
+            *(("scheduled_s", "sent_s") if self.per_second else ()),
         )
 
 
@@ -180,7 +184,9 @@ REGISTRY: dict[str, Metric] = {
         ("request",), _bool("passed"), "1 per passing request, 0 per failing one"
     ),
     "http.failed": Metric(("request",), _flag("passed", False), "one sample per failing request"),
-    "http.rps": Metric(("request",), _one, "requests sent per second", per_second=True),
+    "http.rps": Metric(
+        ("request",), _one, "requests sent per second of the schedule", per_second=True
+    ),
     "memory.mb": Metric(("metrics",), _field("rss_mb"), "resident memory of the release, MB"),
     "cpu.percent": Metric(("metrics",), _field("cpu_percent"), "CPU of the release, % of one core"),
     "instances": Metric(("metrics",), _field("instances"), "instances serving, per sample"),
@@ -379,7 +385,8 @@ class MetricCollector:
             if buckets is None:
                 append(value)
             else:
-                second = int(record.get("sent_s") or 0)
+                due = record.get("scheduled_s")
+                second = int((record.get("sent_s") if due is None else due) or 0)
                 buckets[second] = buckets.get(second, 0) + 1
 
         return handle

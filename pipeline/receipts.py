@@ -108,6 +108,7 @@ class ReceiptWriter:
         run_id: str,
         phase: str,
         secrets: tuple[str, ...] = (),
+        check: Callable[[str, dict[str, Any]], list[str]] | None = None,
         _seq: int = 0,
         _prev: str = GENESIS,
         _fh: BinaryIO | None = None,
@@ -118,6 +119,7 @@ class ReceiptWriter:
         self.secrets = tuple(s for s in secrets if s)
         self.seq = _seq
         self.head = _prev
+        self.check = check  # schema.checker(): what is wrong with a receipt, before it is written
         self.sealed = False
         self._lock = threading.RLock()  # re-entered by seal(): count, head and seal are atomic
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
@@ -153,6 +155,8 @@ class ReceiptWriter:
         clash = set(fields) & set(_COMMON)
         if clash:
             raise ValueError(f"receipt fields {sorted(clash)} are reserved")
+        if self.check is not None and (wrong := self.check(kind, fields)):
+            raise ValueError(f"{self.path}: not as pipeline/schema.py declares: {'; '.join(wrong)}")
         with self._lock:
             if self.sealed:
                 raise ValueError(f"{self.path}: sealed; no receipt may follow the seal")

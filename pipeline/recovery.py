@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from pipeline import receipts
+from pipeline import receipts, schema
 from pipeline.errors import PipelineError
 from pipeline.waiting import WaitTimeout, poll
 
@@ -95,6 +95,7 @@ def recover(path: Path) -> Recovered:
             _seq=int(last["seq"]) + 1,
             _prev=str(last["hash"]),
             _fh=fh,
+            check=schema.checker(),
         )
         writer.write(
             "crashed",

@@ -6,6 +6,10 @@ import shutil
 
 import pytest
 
+# Every receipt a phase, a task or runs.recover writes during the suite is checked against
+# pipeline/schema.py as it is written (in this process and in every invoke it starts).
+os.environ["PIPELINE_SCHEMA_CHECK"] = "1"
+
 pytest_plugins = [
     name[:-3]
     for name in sorted(os.listdir(os.path.dirname(__file__)))

@@ -338,6 +338,18 @@ def test_http_rps_counts_requests_per_second_sent() -> None:
     assert verdict.passed, verdict.summary()
 
 
+def test_http_rps_counts_a_late_send_in_the_second_it_was_due() -> None:
+    """A busy machine sent the window's last requests a little after its end: they count in the
+    second they were due (a 2 s window stays 2 buckets, not 3 with a partial one dragging the
+    average down); their lateness is in their latency, measured from the schedule."""
+    due = [0.1, 0.4, 0.7, 1.1, 1.4, 1.7]
+    sent = [0.1, 0.4, 0.7, 1.1, 2.02, 2.05]
+    got = collect(
+        ["http.rps"], [request(scheduled_s=d, sent_s=s) for d, s in zip(due, sent, strict=True)]
+    )
+    assert got["http.rps"] == [3.0, 3.0]
+
+
 def test_http_rps_counts_a_stalled_second_as_zero() -> None:
     """Nothing sent during second 1 (the generator stalled): that second's rate is 0 req/s."""
     sends = [0.1, 0.2, 0.3, 2.1, 2.2, 2.3]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from pipeline import __version__, interrupts, receipts
+from pipeline import __version__, interrupts, receipts, schema
 from pipeline.config import Env
 from pipeline.errors import PipelineError
 from pipeline.gates import GateSpec, Verdict, check, overruled
@@ -106,7 +106,9 @@ class PhaseRun:
         self.phase = phase
         self.env = env
         self.view: View = view or QuietView()
-        self.writer = receipts.ReceiptWriter.for_run(phase, receipts_path, secrets=secrets)
+        self.writer = receipts.ReceiptWriter.for_run(
+            phase, receipts_path, secrets=secrets, check=schema.checker()
+        )
         self.started = time.monotonic()
         self.failed_stages: list[str] = []
         self.facts: dict[str, Any] = {}
