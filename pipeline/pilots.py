@@ -1,4 +1,4 @@
-"""Customer pilot scenarios (pilots/*.toml): validated on load like env files, and generated.
+"""Customer pilot scenarios (pilots/*.toml): validated on load with pydantic like env files, and generated.
 
 A scenario names the customer, the price of a billable (accepted) operation, and an ordered list
 of operations — marketplace entitlement events and Pub/Sub messages — each with the answer the
@@ -15,7 +15,16 @@ import random
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.errors import PipelineError
 from pipeline.tomlfile import read_toml
@@ -103,183 +112,182 @@ class Scenario:
         return (self.price * billable).quantize(Decimal("0.01"))
 
 
-def _need(
-    step: str, table: dict[str, Any], field: str, kind: type | tuple[type, ...], where: str
-) -> Any:
-    if field not in table:
-        raise PipelineError(f"{where}: step {step}: missing field {field!r}")
-    value = table[field]
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise PipelineError(f"{where}: step {step}: field {field!r} has the wrong type ({value!r})")
-    return value
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-_OP_FIELDS = {
-    "id",
-    "kind",
-    "event",
-    "action",
-    "tenant",
-    "sku",
-    "entitlement_id",
-    "message_id",
-    "data",
-    "body",
-    "expect_status",
-    "expect_decision",
-    "expect_state",
-    "expect_duplicate",
-    "note",
-}
+class _Customer(_Strict):
+    tenant_id: str
+    name: str
 
 
-def _operation(raw: dict[str, Any], index: int, tenant: str, where: str) -> Operation:
-    step = str(raw.get("id", f"#{index + 1}"))
-    unknown = set(raw) - _OP_FIELDS
-    if unknown:
-        raise PipelineError(f"{where}: step {step}: unknown field {sorted(unknown)[0]!r}")
-    _need(step, raw, "id", str, where)
-    kind = _need(step, raw, "kind", str, where)
-    if kind not in KINDS:
-        raise PipelineError(
-            f"{where}: step {step}: field 'kind': unknown operation kind {kind!r} (known: {', '.join(KINDS)})"
-        )
-    status = _need(step, raw, "expect_status", int, where)
-    decision = raw.get("expect_decision")
-    if decision is not None and decision not in ("accept", "refuse"):
-        raise PipelineError(
-            f"{where}: step {step}: field 'expect_decision' must be accept or refuse"
-        )
-    state = raw.get("expect_state")
-    if state is not None and state not in STATES:
-        raise PipelineError(
-            f"{where}: step {step}: field 'expect_state' must be one of {', '.join(STATES)}"
-        )
-    op_tenant = raw.get("tenant", tenant)
-    if kind == "marketplace":
-        event = _need(step, raw, "event", str, where)
-        if event not in EVENTS:
-            raise PipelineError(
-                f"{where}: step {step}: field 'event': unknown event {event!r} (known: {', '.join(EVENTS)})"
-            )
-        _need(step, raw, "expect_decision", str, where)
-        body: dict[str, Any] = {"tenant_id": op_tenant, "event_type": event, "event_data": {}}
-        if "sku" in raw:
-            body["event_data"]["sku"] = raw["sku"]
-        if "entitlement_id" in raw:
-            body["entitlement_id"] = raw["entitlement_id"]
+class _Pricing(_Strict):
+    price_per_operation: Decimal = Field(strict=False)
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+
+    @field_validator("price_per_operation", mode="before")
+    @classmethod
+    def _a_number(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError("expected a number")
+        return value
+
+    @field_validator("price_per_operation")
+    @classmethod
+    def _not_negative(cls, value: Decimal) -> Decimal:
+        if not value.is_finite() or value < 0:
+            raise ValueError(f"must be ≥ 0, got {value}")
+        return value
+
+
+class _Replay(_Strict):
+    concurrency: int = Field(4, ge=1)
+
+
+class _Step(_Strict):
+    """One `[[operations]]` table; what a kind requires is checked after the fields."""
+
+    id: str
+    kind: Literal["marketplace", "pubsub", "raw"]
+    expect_status: int
+    expect_decision: Literal["accept", "refuse"] | None = None
+    expect_state: Literal["none", "active", "suspended", "revoked"] | None = None
+    expect_duplicate: bool | None = None
+    event: Literal["grant", "revoke", "suspend", "sku_changed"] | None = None
+    action: str | None = None
+    tenant: str | None = None
+    sku: str | None = None
+    entitlement_id: str | None = None
+    message_id: str | int | None = None
+    data: dict[str, Any] | None = None
+    body: str | None = None
+    note: str | None = None
+
+    @model_validator(mode="after")
+    def _what_the_kind_needs(self) -> _Step:
+        needs = {
+            "marketplace": ("event", "expect_decision"),
+            "raw": ("body", "expect_decision"),
+            "pubsub": ("expect_duplicate",) if self.expect_status == 202 else (),
+        }[self.kind]
+        for name in needs:
+            if getattr(self, name) is None:
+                raise ValueError(f"missing field {name!r}")
+        return self
+
+
+class _ScenarioFile(_Strict):
+    description: str | None = None
+    customer: _Customer
+    pricing: _Pricing
+    replay: _Replay = _Replay()
+    operations: list[_Step] = Field(min_length=1)
+
+
+def _operation(step: _Step, tenant: str) -> Operation:
+    """The request a validated step sends, and the answer it expects."""
+    op_tenant = step.tenant or tenant
+    if step.kind == "marketplace":
+        body: dict[str, Any] = {"tenant_id": op_tenant, "event_type": step.event, "event_data": {}}
+        if step.sku is not None:
+            body["event_data"]["sku"] = step.sku
+        if step.entitlement_id is not None:
+            body["entitlement_id"] = step.entitlement_id
         return Operation(
-            step,
-            kind,
+            step.id,
+            step.kind,
             "POST",
             "/marketplace",
             json.dumps(body).encode(),
             f"tenant:{op_tenant}",
             op_tenant,
-            status,
-            decision,
-            state,
+            step.expect_status,
+            step.expect_decision,
+            step.expect_state,
             None,
-            event,
+            step.event,
         )
-    if kind == "pubsub":
-        message_id = raw.get("message_id")
-        data = raw.get("data", {})
+    if step.kind == "pubsub":
         message: dict[str, Any] = {
             "attributes": {},
-            "data": base64.b64encode(json.dumps(data).encode()).decode(),
+            "data": base64.b64encode(json.dumps(step.data or {}).encode()).decode(),
         }
-        if message_id is not None:
-            message["messageId"] = str(message_id)
-        duplicate = raw.get("expect_duplicate")
-        if status == 202 and duplicate is None:
-            raise PipelineError(f"{where}: step {step}: missing field 'expect_duplicate'")
+        if step.message_id is not None:
+            message["messageId"] = str(step.message_id)
         body = {"message": message, "subscription": f"projects/{op_tenant}/subscriptions/pilot"}
-        key = f"pubsub:{message_id}" if message_id is not None else f"step:{step}"
+        key = f"pubsub:{step.message_id}" if step.message_id is not None else f"step:{step.id}"
         return Operation(
-            step,
-            kind,
+            step.id,
+            step.kind,
             "POST",
             "/pubsub",
             json.dumps(body).encode(),
             key,
             op_tenant,
-            status,
-            decision,
+            step.expect_status,
+            step.expect_decision,
             None,
-            duplicate,
+            step.expect_duplicate,
         )
-    # raw: a malformed or hand-written request, sent as it is
-    text = _need(step, raw, "body", str, where)
-    if decision is None:
-        raise PipelineError(f"{where}: step {step}: missing field 'expect_decision'")
+    assert step.body is not None  # raw: a malformed or hand-written request, sent as it is
     return Operation(
-        step,
-        kind,
+        step.id,
+        step.kind,
         "POST",
         "/marketplace",
-        text.encode(),
+        step.body.encode(),
         f"tenant:{op_tenant}",
         op_tenant,
-        status,
-        decision,
-        state,
+        step.expect_status,
+        step.expect_decision,
+        step.expect_state,
     )
+
+
+def _refusal(where: str, data: dict[str, Any], error: Any) -> PipelineError:
+    """One line naming the file, and the step and field (or the key) that is wrong."""
+    loc, message = error["loc"], error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown field" if loc[:1] == ("operations",) else "unknown key"
+    elif error["type"] not in ("missing", "value_error") and not isinstance(error["input"], dict):
+        message += f" (got {error['input']!r})"
+    if len(loc) >= 2 and loc[0] == "operations" and isinstance(loc[1], int):
+        raw = data["operations"][loc[1]]
+        step = raw.get("id", f"#{loc[1] + 1}") if isinstance(raw, dict) else f"#{loc[1] + 1}"
+        field = loc[2] if len(loc) > 2 else None
+        if error["type"] == "missing":
+            return PipelineError(f"{where}: step {step}: missing field {field!r}")
+        if field is None:
+            return PipelineError(f"{where}: step {step}: {message}")
+        return PipelineError(f"{where}: step {step}: field {field!r}: {message}")
+    dotted = ".".join(str(part) for part in loc)
+    if error["type"] == "missing":
+        return PipelineError(f"{where}: key {dotted}: missing")
+    return PipelineError(f"{where}: key {dotted}: {message}")
 
 
 def load_scenario(path: str | Path) -> Scenario:
     path = Path(path)
     raw_bytes, data = read_toml(path, "scenario file")
-    where = str(path)
-    unknown = set(data) - {"customer", "pricing", "replay", "operations", "description"}
-    if unknown:
-        raise PipelineError(f"{where}: unknown key {sorted(unknown)[0]!r}")
-    customer = data.get("customer")
-    if (
-        not isinstance(customer, dict)
-        or not isinstance(customer.get("tenant_id"), str)
-        or not isinstance(customer.get("name"), str)
-    ):
-        raise PipelineError(f"{where}: key customer: needs tenant_id and name (strings)")
-    pricing = data.get("pricing")
-    if not isinstance(pricing, dict):
-        raise PipelineError(f"{where}: key pricing: missing table [pricing]")
-    price_raw = pricing.get("price_per_operation")
-    if isinstance(price_raw, bool) or not isinstance(price_raw, int | float | str):
-        raise PipelineError(f"{where}: key pricing.price_per_operation: expected a number")
     try:
-        price = Decimal(str(price_raw))
-    except ArithmeticError:
-        raise PipelineError(f"{where}: key pricing.price_per_operation: not a number") from None
-    if not price.is_finite() or price < 0:
-        raise PipelineError(
-            f"{where}: key pricing.price_per_operation: must be ≥ 0, got {price_raw}"
-        )
-    currency = pricing.get("currency")
-    if not isinstance(currency, str) or len(currency) != 3 or not currency.isupper():
-        raise PipelineError(f"{where}: key pricing.currency: expected an ISO 4217 code like USD")
-    concurrency = (data.get("replay") or {}).get("concurrency", 4)
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise PipelineError(f"{where}: key replay.concurrency: expected an integer ≥ 1")
-    ops_raw = data.get("operations")
-    if not isinstance(ops_raw, list) or not ops_raw:
-        raise PipelineError(f"{where}: key operations: no [[operations]]")
+        scenario = _ScenarioFile.model_validate(data)
+    except ValidationError as exc:
+        raise _refusal(str(path), data, exc.errors()[0]) from None
     operations = []
     seen: set[str] = set()
-    for index, raw in enumerate(ops_raw):
-        op = _operation(raw, index, customer["tenant_id"], where)
-        if op.id in seen:
-            raise PipelineError(f"{where}: step {op.id}: field 'id': duplicate step id")
-        seen.add(op.id)
-        operations.append(op)
+    for step in scenario.operations:
+        if step.id in seen:
+            raise PipelineError(f"{path}: step {step.id}: field 'id': duplicate step id")
+        seen.add(step.id)
+        operations.append(_operation(step, scenario.customer.tenant_id))
     return Scenario(
         path,
         hashlib.sha256(raw_bytes).hexdigest(),
-        customer["tenant_id"],
-        customer["name"],
-        price,
-        currency,
-        concurrency,
+        scenario.customer.tenant_id,
+        scenario.customer.name,
+        scenario.pricing.price_per_operation,
+        scenario.pricing.currency,
+        scenario.replay.concurrency,
         tuple(operations),
     )
 
