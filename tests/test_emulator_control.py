@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from pipeline.emulator import wire
-from pipeline.emulator.control import ControlPlane, Limits
+from pipeline.emulator.control import ControlPlane
 from pipeline.emulator.images import Image, tarball_of
+from pipeline.emulator.records import Limits
 from pipeline.emulator.server import Faults, metrics_receipts
 from pipeline.emulator.wire import ApiError
 

@@ -16,314 +16,51 @@ revision that never gets ready fails its operation and the service keeps serving
 from __future__ import annotations
 
 import copy
-import hashlib
 import random
-import re
 import string
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.emulator.health import LIVENESS, READINESS, HealthCheck
 from pipeline.emulator.images import Image
+from pipeline.emulator.records import (
+    LATEST,
+    MAX_OPERATIONS,
+    TYPE_REVISION,
+    TYPE_SERVICE,
+    Limits,
+    OperationRecord,
+    RevisionPlan,
+    RevisionRecord,
+    ServicePlan,
+    ServiceRecord,
+    check_service_id,
+    short,
+)
+from pipeline.emulator.render import Rendering
+from pipeline.emulator.validation import (
+    Validation,
+    concurrency_of,
+    normalized,
+    probe_deadline,
+)
 from pipeline.emulator.wire import (
     ApiError,
-    as_int,
-    duration,
     duration_s,
-    enum_value,
-    enums_to_names,
     invalid,
     not_found,
     timestamp,
 )
 
-LATEST = "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST"
-REVISION = "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION"
-DEFAULT_CONCURRENCY = 80
-DEFAULT_MAX_INSTANCES = 100
-DEFAULT_TIMEOUT_S = 300.0
-MAX_OPERATIONS = 500
-RESERVED_ENV = ("PORT", "K_SERVICE", "K_REVISION", "K_CONFIGURATION")
-TYPE_SERVICE = "type.googleapis.com/google.cloud.run.v2.Service"
-TYPE_REVISION = "type.googleapis.com/google.cloud.run.v2.Revision"
-
-_PROJECT = re.compile(r"^[a-z0-9][-a-z0-9.:]{0,62}$")
-_LOCATION = re.compile(r"^[a-z][-a-z0-9]{0,62}$")
-_SERVICE_ID = re.compile(r"^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$")
-_REVISION_ID = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
-_TAG = re.compile(r"^[a-z]([-a-z0-9]{0,44}[a-z0-9])?$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-# Service fields a client may write; everything else in a body is output only (and ignored).
-WRITABLE = (
-    "description",
-    "labels",
-    "annotations",
-    "client",
-    "clientVersion",
-    "ingress",
-    "launchStage",
-    "binaryAuthorization",
-    "template",
-    "traffic",
-    "scaling",
-    "invokerIamDisabled",
-    "defaultUriDisabled",
-    "customAudiences",
-    "iapEnabled",
-    "threatDetectionEnabled",
-    "multiRegionSettings",
-    "buildConfig",
-)
-OUTPUT_ONLY = (
-    "name",
-    "uid",
-    "generation",
-    "createTime",
-    "updateTime",
-    "deleteTime",
-    "expireTime",
-    "creator",
-    "lastModifier",
-    "urls",
-    "observedGeneration",
-    "terminalCondition",
-    "conditions",
-    "latestReadyRevision",
-    "latestCreatedRevision",
-    "trafficStatuses",
-    "uri",
-    "satisfiesPzs",
-    "reconciling",
-    "etag",
-)
-_TEMPLATE_FIELDS = {
-    "revision",
-    "labels",
-    "annotations",
-    "scaling",
-    "vpcAccess",
-    "timeout",
-    "serviceAccount",
-    "containers",
-    "volumes",
-    "executionEnvironment",
-    "encryptionKey",
-    "maxInstanceRequestConcurrency",
-    "serviceMesh",
-    "encryptionKeyRevocationAction",
-    "encryptionKeyShutdownDuration",
-    "sessionAffinity",
-    "healthCheckDisabled",
-    "nodeSelector",
-    "gpuZonalRedundancyDisabled",
-}
-_CONTAINER_FIELDS = {
-    "name",
-    "image",
-    "sourceCode",
-    "command",
-    "args",
-    "env",
-    "resources",
-    "ports",
-    "volumeMounts",
-    "workingDir",
-    "livenessProbe",
-    "startupProbe",
-    "readinessProbe",
-    "dependsOn",
-    "baseImageUri",
-    "buildInfo",
-}
-
-
 # --------------------------------------------------------------------------------------------
-# names
-
-
-def parent_of(project: str, location: str) -> str:
-    return f"projects/{project}/locations/{location}"
-
-
-def check_parent(project: str, location: str) -> str:
-    if not _PROJECT.match(project):
-        raise invalid(f"bad project {project!r} in projects/{project}/locations/{location}")
-    if not _LOCATION.match(location):
-        raise invalid(f"bad location {location!r} in projects/{project}/locations/{location}")
-    return parent_of(project, location)
-
-
-def check_service_id(service_id: str, where: str = "serviceId") -> str:
-    if not service_id:
-        raise invalid(f"{where} is required")
-    if not _SERVICE_ID.match(service_id):
-        raise invalid(
-            f"{where} {service_id!r}: use 1-49 lowercase letters, digits or hyphens, "
-            "starting with a letter and not ending with a hyphen"
-        )
-    return service_id
-
-
-def short(name: str) -> str:
-    return name.rsplit("/", 1)[-1]
-
-
-# --------------------------------------------------------------------------------------------
-# records
-
-
-@dataclass
-class RevisionRecord:
-    name: str  # full resource name
-    service: str  # full service name
-    uid: str
-    number: int
-    template: dict[str, Any]  # the RevisionTemplate it was made from (enum names)
-    image: Image
-    create_time: float
-    update_time: float
-    state: str = "pending"  # pending | ready | failed
-    message: str = ""
-    ready_time: float | None = None
-    instances_at_save: int = 0  # how many ran when the state was last saved (restored on restart)
-
-    @property
-    def id(self) -> str:
-        return short(self.name)
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "service": self.service,
-            "uid": self.uid,
-            "number": self.number,
-            "template": self.template,
-            "image": self.image.as_json(),
-            "create_time": self.create_time,
-            "update_time": self.update_time,
-            "state": self.state,
-            "message": self.message,
-            "ready_time": self.ready_time,
-            "instances_at_save": self.instances_at_save,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> RevisionRecord:
-        fields = dict(data)
-        fields["image"] = Image.from_json(fields["image"])
-        return cls(**fields)
-
-
-@dataclass
-class ServiceRecord:
-    name: str
-    uid: str
-    spec: dict[str, Any]  # the writable fields (enum names), defaults filled in
-    create_time: float
-    update_time: float
-    generation: int = 1
-    observed_generation: int = 0
-    latest_created: str | None = None  # full revision names
-    latest_ready: str | None = None
-    serving: list[dict[str, Any]] = field(default_factory=list)  # resolved targets in effect
-    route_state: str = "pending"  # ready | pending | failed
-    route_message: str = ""
-    revision_counter: int = 0
-    uri: str = ""
-    tag_uris: dict[str, str] = field(default_factory=dict)
-    route_version: int = 0  # bumped whenever `serving` changes
-    applied_version: int = -1  # the route_version the data plane last put in place
-
-    @property
-    def id(self) -> str:
-        return short(self.name)
-
-    @property
-    def etag(self) -> str:
-        digest = hashlib.sha256(f"{self.uid}:{self.generation}".encode()).hexdigest()
-        return f"W/{digest[:24]}"
-
-    def as_json(self) -> dict[str, Any]:
-        return {k: copy.deepcopy(v) for k, v in self.__dict__.items()}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ServiceRecord:
-        return cls(**dict(data))
-
-
-@dataclass
-class OperationRecord:
-    name: str
-    kind: str  # create | update | delete_service | delete_revision
-    target: str  # service or revision name
-    generation: int = 0
-    revision: str | None = None  # the revision the call created
-    done: bool = False
-    error: dict[str, Any] | None = None  # google.rpc.Status
-    response: dict[str, Any] | None = None  # the resource (enum names), with its @type
-    create_time: float = 0.0
-    end_time: float | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> OperationRecord:
-        return cls(**dict(data))
-
-
-# --------------------------------------------------------------------------------------------
-# what the data plane runs
-
-
-@dataclass(frozen=True)
-class RevisionPlan:
-    name: str  # full revision name
-    service: str
-    image: Image
-    env: tuple[tuple[str, str], ...]
-    concurrency: int
-    min_instances: int
-    max_instances: int
-    timeout_s: float
-    ready_path: str | None  # None: the env file's ready path (with its fallback)
-    ready_timeout_s: float | None  # None: the env file's instance_ready_timeout_s
-    state: str  # pending (start one to check it) | ready | failed
-    active: bool  # serving traffic or a tag
-    restore_instances: int = 0
-    liveness: HealthCheck | None = None  # failing: the instance is killed and replaced
-    readiness: HealthCheck | None = None  # failing: the instance gets no new requests
-
-
-@dataclass(frozen=True)
-class ServicePlan:
-    name: str
-    uri: str  # the URL it had (a restart binds the same port when it can)
-    tag_uris: tuple[tuple[str, str], ...]
-    route_version: int
-    routes: tuple[tuple[str, int], ...]  # (full revision name, percent > 0)
-    tags: tuple[tuple[str, str], ...]  # (tag, full revision name)
-    revisions: tuple[RevisionPlan, ...]
-
-
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Limits:
-    """Emulator-wide limits from the env file."""
-
-    max_instances_per_revision: int = 20
 
 
 Listener = Callable[[], None]
 
 
-class ControlPlane:
+class ControlPlane(Validation, Rendering):
     def __init__(
         self,
         *,
@@ -445,7 +182,7 @@ class ControlPlane:
         trial = copy.deepcopy(svc)
         trial.spec = spec
         template = self._check_template(trial, spec["template"])
-        changed_template = _normal(spec["template"]) != _normal(svc.spec["template"])
+        changed_template = normalized(spec["template"]) != normalized(svc.spec["template"])
         new_rev_name = None
         if changed_template:
             wanted = template.get("revision")
@@ -453,7 +190,7 @@ class ControlPlane:
                 full = f"{name}/revisions/{wanted}"
                 existing = self.revisions.get(full)
                 if existing is not None:
-                    if _normal(existing.template) != _normal(template):
+                    if normalized(existing.template) != normalized(template):
                         raise ApiError(
                             "ALREADY_EXISTS",
                             f"revision {wanted!r} already exists with a different template: "
@@ -669,12 +406,12 @@ class ControlPlane:
                         service=svc.name,
                         image=rev.image,
                         env=self._env(svc, rev),
-                        concurrency=_concurrency(tpl),
+                        concurrency=concurrency_of(tpl),
                         min_instances=lo if active else 0,
                         max_instances=hi,
                         timeout_s=duration_s(tpl.get("timeout", "300s"), "template.timeout"),
                         ready_path=(probe.get("httpGet") or {}).get("path") or None,
-                        ready_timeout_s=_probe_deadline(probe),
+                        ready_timeout_s=probe_deadline(probe),
                         state=rev.state,
                         active=active,
                         restore_instances=rev.instances_at_save if rev.state == "ready" else 0,
@@ -698,27 +435,6 @@ class ControlPlane:
     def deleting_names(self) -> list[str]:
         return list(self.deleting)
 
-    def _instance_bounds(
-        self, svc: ServiceRecord, rev: RevisionRecord, percent: int
-    ) -> tuple[int, int]:
-        scaling = rev.template.get("scaling") or {}
-        lo = int(scaling.get("minInstanceCount", 0))
-        hi = int(scaling.get("maxInstanceCount", 0)) or DEFAULT_MAX_INSTANCES
-        service_scaling = svc.spec.get("scaling") or {}
-        share = percent / 100.0
-        if service_scaling.get("scalingMode") == "MANUAL":
-            count = int(service_scaling.get("manualInstanceCount", 0))
-            lo = hi = -(-count * percent // 100) if percent else 0
-        else:
-            s_lo = int(service_scaling.get("minInstanceCount", 0))
-            s_hi = int(service_scaling.get("maxInstanceCount", 0))
-            if s_lo and share:
-                lo = max(lo, -(-s_lo * percent // 100))
-            if s_hi:
-                hi = min(hi, s_hi)
-        hi = min(hi, self.limits.max_instances_per_revision)
-        return min(lo, hi), hi
-
     def _env(self, svc: ServiceRecord, rev: RevisionRecord) -> tuple[tuple[str, str], ...]:
         values = [
             (e["name"], str(e.get("value", "")))
@@ -733,215 +449,7 @@ class ControlPlane:
 
     # ---------------------------------------------------------------- rendering
 
-    def render_service(self, svc: ServiceRecord) -> dict[str, Any]:
-        out: dict[str, Any] = copy.deepcopy(svc.spec)
-        template = out["template"]
-        template.setdefault("maxInstanceRequestConcurrency", DEFAULT_CONCURRENCY)
-        template.setdefault("timeout", duration(DEFAULT_TIMEOUT_S))
-        out.update(
-            {
-                "name": svc.name,
-                "uid": svc.uid,
-                "generation": str(svc.generation),
-                "createTime": timestamp(svc.create_time),
-                "updateTime": timestamp(svc.update_time),
-                "observedGeneration": str(svc.observed_generation),
-                "reconciling": self._service_reconciling(svc),
-                "etag": svc.etag,
-            }
-        )
-        if svc.uri:
-            out["uri"] = svc.uri
-            out["urls"] = [svc.uri]
-        if svc.latest_created:
-            out["latestCreatedRevision"] = svc.latest_created
-        if svc.latest_ready:
-            out["latestReadyRevision"] = svc.latest_ready
-        statuses = []
-        for t in svc.serving:
-            status: dict[str, Any] = {"type": t["type"], "revision": t["revision"]}
-            if t.get("percent"):
-                status["percent"] = t["percent"]
-            if t.get("tag"):
-                status["tag"] = t["tag"]
-                uri = svc.tag_uris.get(t["tag"])
-                if uri:
-                    status["uri"] = uri
-            statuses.append(status)
-        if statuses:
-            out["trafficStatuses"] = statuses
-        terminal, conditions = self._service_conditions(svc)
-        out["terminalCondition"] = terminal
-        out["conditions"] = conditions
-        return out
-
-    def _service_reconciling(self, svc: ServiceRecord) -> bool:
-        return svc.observed_generation < svc.generation or svc.route_state == "pending"
-
-    def _service_conditions(
-        self, svc: ServiceRecord
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        when = timestamp(svc.update_time)
-        latest = self.revisions.get(svc.latest_created or "")
-        if latest is not None and latest.state == "failed":
-            config = _condition(
-                "ConfigurationsReady",
-                "CONDITION_FAILED",
-                f"Revision '{latest.id}' is not ready and cannot serve traffic. {latest.message}",
-                when,
-                reason="REVISION_FAILED",
-            )
-        elif latest is not None and latest.state == "pending":
-            config = _condition(
-                "ConfigurationsReady",
-                "CONDITION_RECONCILING",
-                f"Revision '{latest.id}' is starting.",
-                when,
-            )
-        else:
-            config = _condition("ConfigurationsReady", "CONDITION_SUCCEEDED", "", when)
-        if svc.route_state == "failed":
-            route = _condition(
-                "RoutesReady", "CONDITION_FAILED", svc.route_message, when, reason="REVISION_FAILED"
-            )
-        elif svc.route_state == "pending":
-            route = _condition("RoutesReady", "CONDITION_RECONCILING", svc.route_message, when)
-        else:
-            route = _condition("RoutesReady", "CONDITION_SUCCEEDED", "", when)
-        states = {config["state"], route["state"]}
-        if "CONDITION_FAILED" in states:
-            failed = config if config["state"] == "CONDITION_FAILED" else route
-            terminal = _condition(
-                "Ready", "CONDITION_FAILED", failed["message"], when, reason="REVISION_FAILED"
-            )
-        elif "CONDITION_RECONCILING" in states:
-            terminal = _condition("Ready", "CONDITION_RECONCILING", "", when)
-        else:
-            terminal = _condition("Ready", "CONDITION_SUCCEEDED", "", when)
-        return terminal, [config, route]
-
-    def _revision_etag(self, rev: RevisionRecord) -> str:
-        return "W/" + hashlib.sha256(f"{rev.uid}:1".encode()).hexdigest()[:24]
-
-    def render_revision(self, rev: RevisionRecord) -> dict[str, Any]:
-        tpl = copy.deepcopy(rev.template)
-        svc = self.services.get(rev.service)
-        out: dict[str, Any] = {
-            "name": rev.name,
-            "uid": rev.uid,
-            "generation": "1",
-            "createTime": timestamp(rev.create_time),
-            "updateTime": timestamp(rev.update_time),
-            "service": rev.service,
-            "maxInstanceRequestConcurrency": _concurrency(tpl),
-            "timeout": tpl.get("timeout", duration(DEFAULT_TIMEOUT_S)),
-            "containers": tpl["containers"],
-            "observedGeneration": "1",
-            "etag": self._revision_etag(rev),
-        }
-        for key in ("labels", "annotations", "scaling", "serviceAccount", "volumes"):
-            if key in tpl:
-                out[key] = tpl[key]
-        for key in ("executionEnvironment", "vpcAccess", "encryptionKey", "sessionAffinity"):
-            if key in tpl:
-                out[key] = tpl[key]
-        if self.base_url:
-            out["logUri"] = f"{self.base_url}/emulator/v1/{rev.name}/logs"
-        share = 0
-        tags = []
-        if svc is not None:
-            for t in svc.serving:
-                if t["revision"] == rev.id:
-                    share += t.get("percent", 0)
-                    if t.get("tag"):
-                        tags.append(t["tag"])
-        active = bool(share or tags)
-        lo, hi = self._instance_bounds(svc, rev, share) if svc else (0, 0)
-        desired_min = lo if active else 0
-        out["scalingStatus"] = {"desiredMinInstanceCount": desired_min} if desired_min else {}
-        counts = dict(self.instance_counts(rev.name))
-        out["conditions"] = self._revision_conditions(
-            rev, active, share, tags, desired_min, hi, counts
-        )
-        out["reconciling"] = rev.state == "pending" or (
-            active and counts.get("ready", 0) < desired_min
-        )
-        return out
-
-    def _revision_conditions(
-        self,
-        rev: RevisionRecord,
-        active: bool,
-        share: int,
-        tags: list[str],
-        desired_min: int,
-        max_instances: int,
-        counts: Mapping[str, int],
-    ) -> list[dict[str, Any]]:
-        when = timestamp(rev.update_time)
-        if rev.state == "ready":
-            ready = _condition("Ready", "CONDITION_SUCCEEDED", "", when)
-            health = _condition("ContainerHealthy", "CONDITION_SUCCEEDED", "", when)
-        elif rev.state == "failed":
-            ready = _condition(
-                "Ready", "CONDITION_FAILED", rev.message, when, reason="REVISION_FAILED"
-            )
-            health = _condition(
-                "ContainerHealthy",
-                "CONDITION_FAILED",
-                rev.message,
-                when,
-                revision_reason="HEALTH_CHECK_CONTAINER_ERROR",
-            )
-        else:
-            ready = _condition(
-                "Ready", "CONDITION_RECONCILING", "", when, revision_reason="PENDING"
-            )
-            health = _condition(
-                "ContainerHealthy", "CONDITION_RECONCILING", "", when, revision_reason="PENDING"
-            )
-        running = counts.get("ready", 0)
-        detail = (
-            f"instances: {running} ready, {counts.get('starting', 0)} starting, "
-            f"{counts.get('draining', 0)} draining; min {desired_min}, max {max_instances}, "
-            f"concurrency {_concurrency(rev.template)}"
-        )
-        if active and running < desired_min:
-            resources = _condition(
-                "ResourcesAvailable",
-                "CONDITION_RECONCILING",
-                detail,
-                when,
-                revision_reason="MIN_INSTANCES_WARMING",
-            )
-        else:
-            resources = _condition("ResourcesAvailable", "CONDITION_SUCCEEDED", detail, when)
-        if active:
-            tag_text = f", tags {', '.join(sorted(tags))}" if tags else ""
-            activity = _condition(
-                "Active", "CONDITION_SUCCEEDED", f"serving {share} % of traffic{tag_text}", when
-            )
-        else:
-            activity = _condition(
-                "Active",
-                "CONDITION_FAILED",
-                "Revision retired: it serves no traffic.",
-                when,
-                severity="INFO",
-                revision_reason="RETIRED",
-            )
-        return [ready, health, resources, activity]
-
     # ---------------------------------------------------------------- operations
-
-    def render_operation(self, op: OperationRecord) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": op.name, "done": op.done}
-        if op.done:
-            if op.error is not None:
-                out["error"] = op.error
-            else:
-                out["response"] = op.response
-        return out
 
     def _new_operation(self, kind: str, target: str, generation: int) -> OperationRecord:
         parent = target.split("/services/")[0]
@@ -1093,287 +601,6 @@ class ControlPlane:
         self.on_change()
 
     # ---------------------------------------------------------------- validation
-
-    def _spec_from(
-        self,
-        body: Mapping[str, Any],
-        current: Mapping[str, Any] | None,
-        mask: list[str] | None = None,
-    ) -> dict[str, Any]:
-        if not isinstance(body, Mapping):
-            raise invalid("the request body must be a JSON object (a Service)")
-        unknown = sorted(set(body) - set(WRITABLE) - set(OUTPUT_ONLY))
-        if unknown:
-            raise invalid(f"service: unknown field {unknown[0]!r}")
-        given = enums_to_names({k: copy.deepcopy(v) for k, v in body.items() if k in WRITABLE})
-        if current is None or mask is None or "*" in mask:
-            spec = given
-        else:
-            spec = copy.deepcopy(dict(current))
-            for path in mask:
-                top = path.split(".")[0]
-                if top in OUTPUT_ONLY:
-                    continue  # echoing output-only fields is harmless
-                if top not in WRITABLE:
-                    raise invalid(f"updateMask: {path!r} is not a field of Service")
-                _copy_path(given, spec, path.split("."))
-        template = spec.get("template")
-        if not isinstance(template, dict):
-            raise invalid("service.template is required")
-        # the defaults a read shows, so that sending back what was read changes nothing
-        if not template.get("maxInstanceRequestConcurrency"):
-            template["maxInstanceRequestConcurrency"] = DEFAULT_CONCURRENCY
-        template.setdefault("timeout", duration(DEFAULT_TIMEOUT_S))
-        traffic = spec.get("traffic") or [{"type": LATEST, "percent": 100}]
-        if not isinstance(traffic, list):
-            raise invalid("service.traffic must be a list of traffic targets")
-        spec["traffic"] = [self._traffic_target(t, i) for i, t in enumerate(traffic)]
-        if "scaling" in spec:
-            scaling = spec["scaling"]
-            if not isinstance(scaling, dict):
-                raise invalid("service.scaling must be an object")
-            lo = as_int(scaling.get("minInstanceCount", 0), "scaling.minInstanceCount")
-            hi = as_int(scaling.get("maxInstanceCount", 0), "scaling.maxInstanceCount")
-            as_int(scaling.get("manualInstanceCount", 0), "scaling.manualInstanceCount")
-            if hi and lo > hi:
-                raise invalid(f"scaling: minInstanceCount {lo} is more than maxInstanceCount {hi}")
-        return spec
-
-    def _traffic_target(self, target: Any, i: int) -> dict[str, Any]:
-        where = f"traffic[{i}]"
-        if not isinstance(target, dict):
-            raise invalid(f"{where}: expected a traffic target object")
-        unknown = sorted(set(target) - {"type", "revision", "percent", "tag"})
-        if unknown:
-            raise invalid(f"{where}: unknown field {unknown[0]!r}")
-        revision = target.get("revision", "")
-        if not isinstance(revision, str):
-            raise invalid(f"{where}.revision: expected a revision name")
-        revision = short(revision)
-        kind = target.get("type")
-        if kind is None or enum_value("TrafficTargetAllocationType", kind, f"{where}.type") == (
-            "TRAFFIC_TARGET_ALLOCATION_TYPE_UNSPECIFIED"
-        ):
-            kind = REVISION if revision else LATEST
-        else:
-            kind = enum_value("TrafficTargetAllocationType", kind, f"{where}.type")
-        if kind == LATEST and revision:
-            raise invalid(f"{where}: type LATEST takes no revision (got {revision!r})")
-        if kind == REVISION and not revision:
-            raise invalid(f"{where}: type REVISION needs a revision name")
-        percent = as_int(target.get("percent", 0), f"{where}.percent", 0, 100)
-        out: dict[str, Any] = {"type": kind}
-        if revision:
-            out["revision"] = revision
-        if percent:
-            out["percent"] = percent
-        tag = target.get("tag", "")
-        if tag:
-            if not isinstance(tag, str) or not _TAG.match(tag):
-                raise invalid(
-                    f"{where}.tag {tag!r}: use lowercase letters, digits and hyphens, "
-                    "starting with a letter (at most 46)"
-                )
-            out["tag"] = tag
-        return out
-
-    def _check_traffic(
-        self, svc: ServiceRecord, targets: list[dict[str, Any]], new_revision: str | None
-    ) -> None:
-        total = 0
-        tags: dict[str, int] = {}
-        for i, t in enumerate(targets):
-            total += t.get("percent", 0)
-            rev_id = t.get("revision")
-            if rev_id and rev_id != new_revision:
-                full = f"{svc.name}/revisions/{rev_id}"
-                if full not in self.revisions:
-                    other = next((r for r in self.revisions.values() if r.id == rev_id), None)
-                    if other is not None:
-                        raise invalid(
-                            f"traffic[{i}]: revision {rev_id!r} belongs to service "
-                            f"{short(other.service)!r}, not {svc.id!r}"
-                        )
-                    raise invalid(
-                        f"traffic[{i}]: revision {rev_id!r} does not exist in service {svc.id!r}"
-                    )
-            tag = t.get("tag")
-            if tag:
-                if tag in tags:
-                    raise invalid(
-                        f"traffic[{i}]: tag {tag!r} is already on traffic[{tags[tag]}]: "
-                        "a tag names one revision"
-                    )
-                tags[tag] = i
-        if total != 100:
-            shares = " + ".join(str(t.get("percent", 0)) for t in targets)
-            raise invalid(f"traffic percentages must add up to 100, got {shares} = {total}")
-
-    def _check_template(self, svc: ServiceRecord, template: Any) -> dict[str, Any]:
-        if not isinstance(template, dict):
-            raise invalid("service.template must be an object")
-        unknown = sorted(set(template) - _TEMPLATE_FIELDS)
-        if unknown:
-            raise invalid(f"template: unknown field {unknown[0]!r}")
-        wanted = template.get("revision")
-        if wanted:
-            if not isinstance(wanted, str) or not _REVISION_ID.match(wanted):
-                raise invalid(f"template.revision {wanted!r}: not a valid revision name")
-            if not wanted.startswith(svc.id + "-"):
-                raise invalid(
-                    f"template.revision {wanted!r} must start with the service name and a "
-                    f"hyphen ({svc.id}-...)"
-                )
-        containers = template.get("containers")
-        if not isinstance(containers, list) or len(containers) != 1:
-            count = len(containers) if isinstance(containers, list) else 0
-            raise invalid(
-                f"template.containers: the emulator runs exactly one container, got {count}"
-            )
-        container = containers[0]
-        if not isinstance(container, dict):
-            raise invalid("template.containers[0] must be an object")
-        unknown = sorted(set(container) - _CONTAINER_FIELDS)
-        if unknown:
-            raise invalid(f"template.containers[0]: unknown field {unknown[0]!r}")
-        if not container.get("image"):
-            raise invalid("template.containers[0].image is required")
-        for key in ("command", "args", "sourceCode", "volumeMounts", "dependsOn"):
-            if container.get(key):
-                raise invalid(
-                    f"template.containers[0].{key}: not supported by the emulator "
-                    "(the image's release starts as bin/<name> foreground)"
-                )
-        env = container.get("env", [])
-        if not isinstance(env, list):
-            raise invalid("template.containers[0].env must be a list")
-        seen: set[str] = set()
-        for j, item in enumerate(env):
-            where = f"template.containers[0].env[{j}]"
-            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-                raise invalid(f'{where}: expected {{"name": ..., "value": ...}}')
-            name = item["name"]
-            if not _ENV_NAME.match(name):
-                raise invalid(f"{where}.name {name!r}: not a valid environment variable name")
-            if name in RESERVED_ENV:
-                raise invalid(f"{where}.name {name!r} is reserved: Cloud Run sets it")
-            if name in seen:
-                raise invalid(f"{where}.name {name!r} is set twice")
-            seen.add(name)
-            if "valueSource" in item:
-                raise invalid(f"{where}.valueSource: secrets are not available in the emulator")
-            if not isinstance(item.get("value", ""), str):
-                raise invalid(f"{where}.value must be a string")
-        scaling = template.get("scaling") or {}
-        if not isinstance(scaling, dict):
-            raise invalid("template.scaling must be an object")
-        lo = as_int(scaling.get("minInstanceCount", 0), "template.scaling.minInstanceCount")
-        hi = as_int(scaling.get("maxInstanceCount", 0), "template.scaling.maxInstanceCount")
-        if hi and lo > hi:
-            raise invalid(
-                f"template.scaling: minInstanceCount {lo} is more than maxInstanceCount {hi}"
-            )
-        as_int(
-            template.get("maxInstanceRequestConcurrency", 0),
-            "template.maxInstanceRequestConcurrency",
-            0,
-            1000,
-        )
-        if "timeout" in template:
-            seconds = duration_s(template["timeout"], "template.timeout")
-            if not 1 <= seconds <= 3600:
-                raise invalid(f"template.timeout: must be 1s to 3600s, got {template['timeout']}")
-        probe = container.get("startupProbe")
-        if probe is not None:
-            _check_probe(probe, "template.containers[0].startupProbe")
-        for kind in (LIVENESS, READINESS):
-            HealthCheck.parse(kind, container.get(f"{kind}Probe"))
-        self.resolve_image(container["image"], "template.containers[0].image")
-        return template
-
-
-def _check_probe(probe: Any, where: str) -> None:
-    if not isinstance(probe, dict):
-        raise invalid(f"{where} must be an object")
-    for key in ("initialDelaySeconds", "timeoutSeconds", "periodSeconds", "failureThreshold"):
-        if key in probe:
-            as_int(probe[key], f"{where}.{key}", 0, 3600)
-    http = probe.get("httpGet")
-    if http is not None:
-        path = http.get("path", "/") if isinstance(http, dict) else None
-        if not isinstance(path, str) or not path.startswith("/"):
-            raise invalid(f"{where}.httpGet.path must start with /")
-    if probe.get("grpc"):
-        raise invalid(f"{where}.grpc: gRPC probes are not supported by the emulator")
-
-
-def _probe_deadline(probe: Mapping[str, Any]) -> float | None:
-    """How long a startup probe lets an instance take to get ready, or None (the default)."""
-    if not probe:
-        return None
-    keys = ("initialDelaySeconds", "periodSeconds", "failureThreshold")
-    if not any(k in probe for k in keys):
-        return None
-    initial = int(probe.get("initialDelaySeconds", 0))
-    period = int(probe.get("periodSeconds", 10)) or 10
-    threshold = int(probe.get("failureThreshold", 3)) or 3
-    return float(initial + period * threshold)
-
-
-def _concurrency(template: Mapping[str, Any]) -> int:
-    return int(template.get("maxInstanceRequestConcurrency", 0)) or DEFAULT_CONCURRENCY
-
-
-def _condition(
-    kind: str,
-    state: str,
-    message: str,
-    when: str,
-    *,
-    reason: str | None = None,
-    revision_reason: str | None = None,
-    severity: str | None = None,
-) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": kind, "state": state, "lastTransitionTime": when}
-    if message:
-        out["message"] = message
-    if state == "CONDITION_FAILED":
-        out["severity"] = severity or "ERROR"
-    elif severity:
-        out["severity"] = severity
-    if reason:
-        out["reason"] = reason
-    if revision_reason:
-        out["revisionReason"] = revision_reason
-    return out
-
-
-def _normal(value: Any) -> Any:
-    """A template compared by meaning: defaults and empty values dropped."""
-    if isinstance(value, dict):
-        out = {k: _normal(v) for k, v in value.items()}
-        return {k: v for k, v in out.items() if v not in (None, "", 0, False, [], {})}
-    if isinstance(value, list):
-        return [_normal(v) for v in value]
-    return value
-
-
-def _copy_path(src: Mapping[str, Any], dst: dict[str, Any], path: list[str]) -> None:
-    """Set dst[path] to src[path] (removing it when src has none), as a field mask does."""
-    head, rest = path[0], path[1:]
-    if not rest:
-        if head in src:
-            dst[head] = copy.deepcopy(src[head])
-        else:
-            dst.pop(head, None)
-        return
-    inner_src = src.get(head)
-    if not isinstance(inner_src, Mapping):
-        inner_src = {}
-    inner_dst = dst.get(head)
-    if not isinstance(inner_dst, dict):
-        inner_dst = dst[head] = {}
-    _copy_path(inner_src, inner_dst, rest)
 
 
 def _page(

@@ -32,8 +32,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pipeline.emulator import health, router
-from pipeline.emulator.control import ControlPlane, RevisionPlan, ServicePlan
+from pipeline.emulator.control import ControlPlane
 from pipeline.emulator.host import HostClient, HostError, RemoteInstance
+from pipeline.emulator.records import RevisionPlan, ServicePlan
 from pipeline.emulator.router import DRAINING, READY, STARTING, STOPPED, Listener, Pool, Route, Slot
 from pipeline.waiting import apoll
 

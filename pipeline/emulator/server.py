@@ -28,15 +28,10 @@ import orjson
 from aiohttp import web
 
 from pipeline.emulator import store
-from pipeline.emulator.control import (
-    ControlPlane,
-    Limits,
-    OperationRecord,
-    check_parent,
-    check_service_id,
-)
+from pipeline.emulator.control import ControlPlane
 from pipeline.emulator.dataplane import DataPlane
 from pipeline.emulator.images import ImageResolver
+from pipeline.emulator.records import Limits, OperationRecord, check_parent, check_service_id
 from pipeline.emulator.wire import (
     ApiError,
     as_bool,
