@@ -52,9 +52,41 @@ LONGEST_FIRST = (
 )
 
 
+# Markers per real component a test starts (`pytest -m unit` for the quick loop, `-m "not gvisor"`
+# …), from the fixtures it uses and, for modules whose phases start a component themselves, by
+# module. A test with none of them is `unit`.
+COMPONENT_FIXTURES = {
+    "reference_tarball": "release",
+    "start_reference": "release",
+    "runsc": "gvisor",
+    "gvisor_clean": "gvisor",
+    "sandbox_env": "gvisor",
+    "sshd": "sshd",
+    "sshd_factory": "sshd",
+    "start_emulator": "emulator",
+    "shared_emulator": "emulator",
+    "chromium": "chromium",
+}
+COMPONENT_MODULES = {
+    "test_week5.py": ("emulator",),
+    "test_emulator_lifecycle.py": ("emulator",),
+    "test_demo.py": ("emulator", "gvisor", "release"),
+    "test_phase2_all.py": ("emulator", "gvisor"),
+    "test_week2.py": ("gvisor",),
+    "test_remote_week2.py": ("gvisor", "sshd"),
+}
+COMPONENTS = ("release", "gvisor", "sshd", "emulator", "chromium")
+
+
 def pytest_collection_modifyitems(config, items):
     rank = {unit: n for n, unit in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(_unit(item.nodeid), len(rank)))
+    for item in items:
+        module = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+        found = {COMPONENT_FIXTURES[f] for f in item.fixturenames if f in COMPONENT_FIXTURES}
+        found.update(COMPONENT_MODULES.get(module, ()))
+        for name in sorted(found) or ["unit"]:
+            item.add_marker(getattr(pytest.mark, name))
 
 
 @pytest.hookimpl(tryfirst=True)

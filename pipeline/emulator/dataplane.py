@@ -12,6 +12,9 @@ one at once (cold start) when the max allows. A revision without traffic or tag 
 instances drain (no new requests, in-flight ones finish), then SIGTERM, `shutdown_grace_s`,
 SIGKILL. A dead instance is forgotten and replaced by the same rule; so is one that fails its
 liveness probe (killed at once), while one failing readiness only leaves the rotation (health.py).
+
+Why ~760 lines: the instance lifecycle (start, health, drain, stop, replace) and the autoscaler
+act on the same per-revision state on one event loop.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ pids) and `<state dir>/emulator.lock` is held, so two emulators never share a st
 Admin API: `/v2/...` as google.cloud.run_v2's REST transport calls it. Emulator extensions under
 `/emulator/v1/`: `status`, `faults` (GET/PUT/DELETE), `reset` (POST), `<service>/metrics`,
 `<revision>/logs`.
+
+Why ~710 lines: one handler per Admin API route (and the extensions), each a few lines over
+control.py; split by route they would repeat the request plumbing.
 """
 
 from __future__ import annotations

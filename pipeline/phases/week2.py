@@ -29,7 +29,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pipeline import release as releases
 from pipeline.config import Env
@@ -39,7 +39,7 @@ from pipeline.phases.frame import run_phase_frame
 from pipeline.phases.live import LiveRelease, launch_env
 from pipeline.phases.stages import LoadPlan, open_loop, run_load_stage, run_smoke_stage
 from pipeline.runtime import runtime_for
-from pipeline.runtime.base import StartupFailed
+from pipeline.runtime.base import SandboxInstance, StartupFailed
 from pipeline.waiting import WaitTimeout, poll
 
 STAGES = (
@@ -147,8 +147,14 @@ class Rehearsal:
             self.rss_samples.append(float(record.get("rss_mb") or 0.0))
 
     @property
-    def instance(self) -> Any:
-        return self.live.instance
+    def instance(self) -> SandboxInstance | None:
+        return cast("SandboxInstance | None", self.live.instance)
+
+    @property
+    def running(self) -> SandboxInstance:
+        """The sandbox's instance, for what runs only once it started."""
+        assert self.instance is not None
+        return self.instance
 
     def host_info(self) -> dict[str, Any]:
         """The kernel and CPUs of the host the sandbox runs on (the runtime's, maybe remote)."""
@@ -168,7 +174,7 @@ class Rehearsal:
         if not self.start():
             self.skip_from("smoke", "the sandbox did not start")
             return
-        run_smoke_stage(self.run, self.instance.url)
+        run_smoke_stage(self.run, self.running.url)
         self.capture()
         self.resources()
         self.check_constraints()
@@ -276,11 +282,11 @@ class Rehearsal:
             self.run.write(
                 "sandbox",
                 "start",
-                id=self.instance.id,
-                runsc_pid=self.instance.pid,
-                sandbox_pid=self.instance.sandbox_pid() if self.instance.alive() else None,
-                bundle=str(self.instance.sandbox.bundle),
-                cgroup=f"/{self.instance.id}",
+                id=self.running.id,
+                runsc_pid=self.running.pid,
+                sandbox_pid=self.running.sandbox_pid() if self.running.alive() else None,
+                bundle=str(self.running.sandbox.bundle),
+                cgroup=f"/{self.running.id}",
             )
             self.write_mount()
         if not started:
@@ -316,7 +322,7 @@ class Rehearsal:
 
     def capture(self) -> None:
         with self.run.stage("capture") as stage:
-            capture = self.instance.capture
+            capture = self.running.capture
             want = len(self.env.smoke)
             try:  # the release writes its receipts as it answers: wait for the smoke tests'
                 poll(
@@ -343,7 +349,7 @@ class Rehearsal:
     def resources(self) -> None:
         from pipeline.probes.load import StopToken
 
-        instance = self.instance
+        instance = self.running
         token = StopToken()
         done = threading.Event()
 
@@ -385,7 +391,7 @@ class Rehearsal:
         """Once the kernel has OOM-killed the sandbox: an `oom` receipt and an `error` saying so."""
         instance = self.instance
         oom = instance.oom_kill() if instance is not None else None
-        if oom is None or self.oom_reported:
+        if instance is None or oom is None or self.oom_reported:
             return
         self.oom_reported = True
         self.run.write("oom", stage, **oom.as_receipt())
@@ -416,22 +422,22 @@ class Rehearsal:
                 stage.fail("not proven: " + ", ".join(failed))
 
     def _not_running(self, name: str, what: str) -> Constraint | None:
-        if self.instance.alive():
+        if self.running.alive():
             return None
-        oom = self.instance.oom_kill()
+        oom = self.running.oom_kill()
         why = oom.reason if oom else "the sandbox is not running"
         return Constraint(name, False, what, {"reason": f"not proven: {why}"})
 
     def memory_cap(self) -> Constraint:
         proof = "cgroup memory.limit_in_bytes read back, the sandbox in it, MemTotal inside"
         limit = self.runtime.limits.memory_bytes
-        reading = self.instance.cgroup()
+        reading = self.running.cgroup()
         evidence: dict[str, Any] = {
             "limit_mb": _mb(limit),
             "cgroup_limit_mb": _mb(reading.memory_limit_bytes),
             "failcnt": reading.memory_failcnt,
         }
-        oom = self.instance.oom_kill()
+        oom = self.running.oom_kill()
         if oom is not None:  # the kernel enforced it: the strongest proof there is
             evidence.update(oom_kill=True, exit_status=oom.exit_status, peak_mb=oom.max_usage_mb)
             passed = reading.memory_limit_bytes == limit
@@ -439,8 +445,8 @@ class Rehearsal:
         dead = self._not_running("memory_cap", proof)
         if dead:
             return dead
-        pid = self.instance.sandbox_pid()
-        meminfo = self.instance.exec(["head", "-n", "1", "/proc/meminfo"])
+        pid = self.running.sandbox_pid()
+        meminfo = self.running.exec(["head", "-n", "1", "/proc/meminfo"])
         inside = _meminfo_total(meminfo.stdout)
         evidence.update(
             sandbox_pid=pid, in_cgroup=pid in reading.memory_procs, inside_mb=_mb(inside)
@@ -459,9 +465,9 @@ class Rehearsal:
         dead = self._not_running("opt_read_only", proof)
         if dead:
             return dead
-        as_release = self.instance.exec(["touch", target])
-        as_root = self.instance.exec(["touch", target], as_release=False)
-        options = _mount_options(self.instance.exec(["cat", "/proc/mounts"]).stdout, mount)
+        as_release = self.running.exec(["touch", target])
+        as_root = self.running.exec(["touch", target], as_release=False)
+        options = _mount_options(self.running.exec(["cat", "/proc/mounts"]).stdout, mount)
         passed = (
             as_release.status != 0
             and as_root.status != 0
@@ -485,12 +491,12 @@ class Rehearsal:
         dead = self._not_running("tmp_writable", proof)
         if dead:
             return dead
-        touched = self.instance.exec(["touch", target])
-        self.instance.exec(["rm", "-f", target])
-        df = self.instance.exec(["df", "-k", "/tmp"])
+        touched = self.running.exec(["touch", target])
+        self.running.exec(["rm", "-f", target])
+        df = self.running.exec(["df", "-k", "/tmp"])
         size_kb = _df_size_kb(df.stdout)
         want_kb = self.runtime.limits.tmpfs_mb * 1024
-        options = _mount_options(self.instance.exec(["cat", "/proc/mounts"]).stdout, "/tmp")
+        options = _mount_options(self.running.exec(["cat", "/proc/mounts"]).stdout, "/tmp")
         passed = touched.status == 0 and size_kb == want_kb and "rw" in options
         return Constraint(
             "tmp_writable",
@@ -511,8 +517,8 @@ class Rehearsal:
         dead = self._not_running("non_root", proof)
         if dead:
             return dead
-        done = self.instance.exec(["id", "-u"])
-        procs = self.instance.ps()
+        done = self.running.exec(["id", "-u"])
+        procs = self.running.ps()
         uids = sorted({p["uid"] for p in procs})
         inside = int(done.stdout.strip()) if done.stdout.strip().isdigit() else None
         passed = inside == uid != 0 and bool(procs) and uids == [uid]
@@ -534,8 +540,8 @@ class Rehearsal:
         dead = self._not_running("cpu_quota", proof)
         if dead:
             return dead
-        reading = self.instance.cgroup()
-        pid = self.instance.sandbox_pid()
+        reading = self.running.cgroup()
+        pid = self.running.sandbox_pid()
         quota, period = reading.cpu_quota_us, reading.cpu_period_us
         cpus = round(quota / period, 3) if quota and period and quota > 0 else None
         passed = (quota, period) == (limits.cpu_quota_us, limits.cpu_period_us)
@@ -560,8 +566,8 @@ class Rehearsal:
         dead = self._not_running("syscall_surface", proof)
         if dead:
             return dead
-        uname = self.instance.exec(["uname", "-r"]).stdout.strip()
-        dmesg = self.instance.exec(["dmesg"]).stdout.splitlines()
+        uname = self.running.exec(["uname", "-r"]).stdout.strip()
+        dmesg = self.running.exec(["dmesg"]).stdout.splitlines()
         host = self.host_info().get("kernel")
         gvisor = bool(dmesg) and "gVisor" in dmesg[0]
         passed = bool(uname) and uname != host and gvisor
@@ -579,8 +585,8 @@ class Rehearsal:
             f" natively minus sandboxed, at p50 and p95, within {budget:g} ms"
         )
         evidence: dict[str, Any] = {"budget_ms": budget}
-        if self.sandboxed.p50_ms is None or not self.instance.alive():
-            oom = self.instance.oom_kill()
+        if self.sandboxed.p50_ms is None or not self.running.alive():
+            oom = self.running.oom_kill()
             why = oom.reason if oom else "the sandboxed load did not complete"
             return Constraint("network_overhead", False, proof, {**evidence, "reason": why})
         try:
@@ -635,7 +641,7 @@ class Rehearsal:
     def summary(self) -> None:
         with self.run.stage("summary") as stage:
             problems = self.stop_sandbox()
-            capture = self.instance.capture if self.instance is not None else None
+            capture = self.running.capture if self.instance is not None else None
             proven = sum(c.passed for c in self.constraints)
             comparison = {
                 "native": asdict(self.native),
@@ -645,7 +651,7 @@ class Rehearsal:
                     for key in ("startup_s", "p50_ms", "p95_ms")
                 },
             }
-            oom = self.instance.oom if self.instance is not None else None
+            oom = self.running.oom if self.instance is not None else None
             self.run.write(
                 "summary",
                 "summary",

@@ -7,6 +7,9 @@ so a test (or a curious reader of the DOM) can check it without reading pixels:
   `g.limit[data-limit]`, `rect.band[data-band][data-from][data-to]` the soft bands;
   `g.marker[data-marker][data-t]` vertical marks (rollout steps, rollbacks).
 All time charts share the same left margin, width and time axis, so they line up on the page.
+
+Why ~900 lines: one inline-SVG chart kit (axes, series, bands, markers) that every chart of the
+report shares, so they line up; reporting/README.md says why not a charting library.
 """
 
 from __future__ import annotations

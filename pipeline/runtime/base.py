@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -97,6 +97,87 @@ class Capture:
 
     def as_receipt(self) -> dict[str, Any]:
         return {"count": self.total, "kinds": dict(self.counts), "invalid_lines": self.invalid}
+
+
+# ---------------------------------------------------------------- sandboxes (gvisor, remote gvisor)
+
+
+@dataclass(frozen=True)
+class CgroupReading:
+    """The sandbox's cgroup, read back from the kernel (None: not readable)."""
+
+    memory_limit_bytes: int | None
+    memory_usage_bytes: int | None
+    memory_max_usage_bytes: int | None
+    memory_failcnt: int | None
+    oom_kills: int | None
+    cpu_quota_us: int | None
+    cpu_period_us: int | None
+    cpu_throttled: int | None
+    memory_procs: tuple[int, ...]
+    cpu_procs: tuple[int, ...]
+
+    def as_receipt(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["memory_procs"] = list(self.memory_procs)
+        out["cpu_procs"] = list(self.cpu_procs)
+        return out
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    argv: tuple[str, ...]
+    status: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return (self.stdout + self.stderr).strip()
+
+
+@dataclass(frozen=True)
+class OomKill:
+    """The kernel killed the sandbox at its memory limit."""
+
+    exit_status: int
+    failcnt: int
+    oom_kills: int
+    max_usage_mb: float
+    limit_mb: float
+
+    @property
+    def reason(self) -> str:
+        return (
+            f"OOM killed: the sandbox reached its {self.limit_mb:g} MiB memory limit "
+            f"(cgroup memory.failcnt {self.failcnt}, oom_kill {self.oom_kills}, "
+            f"peak {self.max_usage_mb:.0f} MiB), exit status {self.exit_status}"
+        )
+
+    def as_receipt(self) -> dict[str, Any]:
+        return {**asdict(self), "reason": self.reason}
+
+
+class SandboxInstance(Instance, Protocol):
+    """An instance inside a gVisor sandbox, here or on a host over SSH: what week 2 proves its
+    constraints with."""
+
+    id: str  # the sandbox (container) id
+    sandbox: Any  # its bundle and cgroup; `leftovers` lists what could not be removed
+    final: CgroupReading | None  # the cgroup as it was when the sandbox ended
+    oom: OomKill | None  # set at the stop when the kernel OOM-killed it
+
+    def cgroup(self) -> CgroupReading: ...
+
+    def oom_kill(self) -> OomKill | None: ...
+
+    def exec(
+        self, argv: list[str], *, as_release: bool = True, timeout: float = 15.0
+    ) -> ExecResult: ...
+
+    def sandbox_pid(self) -> int | None: ...
+
+    def ps(self) -> list[dict[str, Any]]: ...
 
 
 class Runtime(Protocol):

@@ -15,6 +15,10 @@ everything a start created, whatever happened: the container (`runsc delete -for
 
 Stats: memory from the cgroup (memory.usage_in_bytes: the whole sandbox, sentry included), CPU
 from `runsc events --stats` (cumulative nanoseconds; the percent is the delta between samples).
+
+Why ~830 lines: the OCI bundle, the cgroup, runsc's commands and the sandbox instance are one
+runtime; runtime/remote.py still calls some of its parts over SSH (issue #18 item 3 gives them a
+host executor).
 """
 
 from __future__ import annotations
@@ -34,12 +38,19 @@ import threading
 import time
 import uuid
 import weakref
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
-from pipeline.runtime.base import LaunchSpec, StartupFailed, Stats
+from pipeline.runtime.base import (
+    CgroupReading,
+    ExecResult,
+    LaunchSpec,
+    OomKill,
+    StartupFailed,
+    Stats,
+)
 from pipeline.runtime.process import LogPump, dies_with_us, exit_status, free_port
 from pipeline.runtime.readiness import NotReady, not_ready_reason
 from pipeline.waiting import WaitTimeout, poll
@@ -175,28 +186,6 @@ def oci_config(
 # ---------------------------------------------------------------- cgroups
 
 
-@dataclass(frozen=True)
-class CgroupReading:
-    """The sandbox's cgroup, read back from the kernel (None: not readable)."""
-
-    memory_limit_bytes: int | None
-    memory_usage_bytes: int | None
-    memory_max_usage_bytes: int | None
-    memory_failcnt: int | None
-    oom_kills: int | None
-    cpu_quota_us: int | None
-    cpu_period_us: int | None
-    cpu_throttled: int | None
-    memory_procs: tuple[int, ...]
-    cpu_procs: tuple[int, ...]
-
-    def as_receipt(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["memory_procs"] = list(self.memory_procs)
-        out["cpu_procs"] = list(self.cpu_procs)
-        return out
-
-
 def _log_message(line: str) -> str:
     """runsc writes its log lines as JSON here (whatever --log-format says): keep the message."""
     text = line.strip()
@@ -289,18 +278,6 @@ class Cgroup:
 
 
 # ---------------------------------------------------------------- runsc
-
-
-@dataclass(frozen=True)
-class ExecResult:
-    argv: tuple[str, ...]
-    status: int
-    stdout: str
-    stderr: str
-
-    @property
-    def output(self) -> str:
-        return (self.stdout + self.stderr).strip()
 
 
 class Runsc:
@@ -405,28 +382,6 @@ class Runsc:
 
 
 # ---------------------------------------------------------------- instances
-
-
-@dataclass(frozen=True)
-class OomKill:
-    """The kernel killed the sandbox at its memory limit."""
-
-    exit_status: int
-    failcnt: int
-    oom_kills: int
-    max_usage_mb: float
-    limit_mb: float
-
-    @property
-    def reason(self) -> str:
-        return (
-            f"OOM killed: the sandbox reached its {self.limit_mb:g} MiB memory limit "
-            f"(cgroup memory.failcnt {self.failcnt}, oom_kill {self.oom_kills}, "
-            f"peak {self.max_usage_mb:.0f} MiB), exit status {self.exit_status}"
-        )
-
-    def as_receipt(self) -> dict[str, Any]:
-        return {**asdict(self), "reason": self.reason}
 
 
 _LIVE: weakref.WeakSet[GvisorInstance] = weakref.WeakSet()
