@@ -7,6 +7,7 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fixtures_gvisor import leftovers, runsc_ids, write_env
@@ -20,10 +21,10 @@ from pipeline.runtime.gvisor import (
     GvisorInstance,
     GvisorRuntime,
     Limits,
-    _log_message,
-    _probe_output,
     container_id,
+    log_message,
     oci_config,
+    probe_output,
 )
 from pipeline.waiting import poll
 
@@ -84,12 +85,12 @@ def test_oci_config_holds_the_ccw_limits():
     ids=["json-line", "text-line", "json-without-msg"],
 )
 def test_runsc_log_lines_are_unwrapped(line, message):
-    assert _log_message(line) == message
+    assert log_message(line) == message
 
 
 def test_probe_output_is_parsed():
     lines = ["MemTotal:         524288 kB", "4.4.0", "65534", "probe-ready"]
-    assert _probe_output(lines) == {
+    assert probe_output(lines) == {
         "mem_total_bytes": 512 * MIB,
         "kernel_release": "4.4.0",
         "uid": 65534,
@@ -190,3 +191,40 @@ def test_a_sandbox_that_cannot_start_reports_the_runsc_log(runsc, release_root, 
     assert "cpu.cfs_quota_us: invalid argument" in caught.value.reason
     assert any(line.startswith("runsc: ") for line in caught.value.log_tail)
     assert leftovers([instance.id]) == []
+
+
+def _reading(**files: str) -> Any:
+    from pipeline.runtime.gvisor import reading_of
+
+    return reading_of({k.replace("__", "/"): v for k, v in files.items()})
+
+
+@pytest.mark.parametrize(
+    ("status", "files", "oom"),
+    [
+        (137, {"memory__memory.failcnt": "12\n", "memory__memory.limit_in_bytes": str(512 * MIB)}, True),
+        (137, {"memory__memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n"}, True),
+        (137, {"memory__memory.failcnt": "0\n"}, False),
+        (0, {"memory__memory.failcnt": "3\n"}, False),
+        (137, {}, False),
+    ],
+    ids=["failcnt", "oom_kill-line", "137-without-evidence", "clean-exit", "cgroup-gone"],
+)  # fmt: skip
+def test_an_oom_kill_needs_exit_137_and_the_cgroups_evidence(status, files, oom):
+    from pipeline.runtime.gvisor import judge_oom
+
+    found = judge_oom(status, _reading(**files), 512 * MIB)
+    assert (found is not None) == oom
+    if found is not None:
+        assert found.limit_mb == 512 and found.exit_status == 137 and "OOM killed" in found.reason
+
+
+def test_a_cgroup_reading_from_its_files_text():
+    reading = _reading(**{"cpu__cpu.stat": "nr_periods 4\nnr_throttled 2\n",
+                          "memory__cgroup.procs": "12\n40\n", "cpu__cpu.cfs_quota_us": "100000\n"})  # fmt: skip
+    assert (reading.cpu_throttled, reading.memory_procs, reading.cpu_quota_us) == (
+        2,
+        (12, 40),
+        100000,
+    )
+    assert reading.memory_limit_bytes is None  # unreadable: None, never 0

@@ -38,6 +38,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,7 +187,7 @@ def oci_config(
 # ---------------------------------------------------------------- cgroups
 
 
-def _log_message(line: str) -> str:
+def log_message(line: str) -> str:
     """runsc writes its log lines as JSON here (whatever --log-format says): keep the message."""
     text = line.strip()
     if text.startswith("{"):
@@ -197,29 +198,68 @@ def _log_message(line: str) -> str:
     return text
 
 
-def _read_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
+CGROUP_FILES = (  # what a CgroupReading is made of: (controller, file)
+    ("memory", "memory.limit_in_bytes"),
+    ("memory", "memory.usage_in_bytes"),
+    ("memory", "memory.max_usage_in_bytes"),
+    ("memory", "memory.failcnt"),
+    ("memory", "memory.oom_control"),
+    ("memory", "cgroup.procs"),
+    ("cpu", "cpu.cfs_quota_us"),
+    ("cpu", "cpu.cfs_period_us"),
+    ("cpu", "cpu.stat"),
+    ("cpu", "cgroup.procs"),
+)
+
+
+def reading_of(files: Mapping[str, str]) -> CgroupReading:
+    """A cgroup reading from its files' text, keyed "controller/file" (a file that could not be
+    read is missing): here read from /sys/fs/cgroup, over SSH read in one command on the host."""
+
+    def number(key: str) -> int | None:
+        try:
+            return int(files[key].split()[0])
+        except (KeyError, IndexError, ValueError):
+            return None
+
+    def keyed(key: str, name: str) -> int | None:
+        for line in files.get(key, "").splitlines():
+            word, _, value = line.partition(" ")
+            if word == name:
+                with contextlib.suppress(ValueError):
+                    return int(value)
         return None
 
+    def pids(key: str) -> tuple[int, ...]:
+        return tuple(int(p) for p in files.get(key, "").split() if p.isdigit())
 
-def _read_keyed(path: Path, key: str) -> int | None:
-    try:
-        for line in path.read_text().splitlines():
-            name, _, value = line.partition(" ")
-            if name == key:
-                return int(value)
-    except (OSError, ValueError):
+    return CgroupReading(
+        memory_limit_bytes=number("memory/memory.limit_in_bytes"),
+        memory_usage_bytes=number("memory/memory.usage_in_bytes"),
+        memory_max_usage_bytes=number("memory/memory.max_usage_in_bytes"),
+        memory_failcnt=number("memory/memory.failcnt"),
+        oom_kills=keyed("memory/memory.oom_control", "oom_kill"),
+        cpu_quota_us=number("cpu/cpu.cfs_quota_us"),
+        cpu_period_us=number("cpu/cpu.cfs_period_us"),
+        cpu_throttled=keyed("cpu/cpu.stat", "nr_throttled"),
+        memory_procs=pids("memory/cgroup.procs"),
+        cpu_procs=pids("cpu/cgroup.procs"),
+    )
+
+
+def judge_oom(status: int, reading: CgroupReading, limit_bytes: int) -> OomKill | None:
+    """An OOM kill, when a sandbox that died on its own shows one: exit 137 and the cgroup's
+    failcnt or oom_kill (here and on a host over SSH alike)."""
+    failcnt, kills = reading.memory_failcnt or 0, reading.oom_kills or 0
+    if status != OOM_STATUS or not (failcnt or kills):
         return None
-    return None
-
-
-def _read_pids(path: Path) -> tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in path.read_text().split())
-    except (OSError, ValueError):
-        return ()
+    return OomKill(
+        exit_status=status,
+        failcnt=failcnt,
+        oom_kills=kills,
+        max_usage_mb=round((reading.memory_max_usage_bytes or 0) / MIB, 3),
+        limit_mb=round((reading.memory_limit_bytes or limit_bytes) / MIB, 3),
+    )
 
 
 class Cgroup:
@@ -238,19 +278,11 @@ class Cgroup:
         (memory / "memory.limit_in_bytes").write_text(str(limit_bytes))
 
     def read(self) -> CgroupReading:
-        memory, cpu = self.path("memory"), self.path("cpu")
-        return CgroupReading(
-            memory_limit_bytes=_read_int(memory / "memory.limit_in_bytes"),
-            memory_usage_bytes=_read_int(memory / "memory.usage_in_bytes"),
-            memory_max_usage_bytes=_read_int(memory / "memory.max_usage_in_bytes"),
-            memory_failcnt=_read_int(memory / "memory.failcnt"),
-            oom_kills=_read_keyed(memory / "memory.oom_control", "oom_kill"),
-            cpu_quota_us=_read_int(cpu / "cpu.cfs_quota_us"),
-            cpu_period_us=_read_int(cpu / "cpu.cfs_period_us"),
-            cpu_throttled=_read_keyed(cpu / "cpu.stat", "nr_throttled"),
-            memory_procs=_read_pids(memory / "cgroup.procs"),
-            cpu_procs=_read_pids(cpu / "cgroup.procs"),
-        )
+        files = {}
+        for controller, name in CGROUP_FILES:
+            with contextlib.suppress(OSError):
+                files[f"{controller}/{name}"] = (self.path(controller) / name).read_text()
+        return reading_of(files)
 
     def existing(self) -> list[Path]:
         return sorted(p for p in self.root.glob(f"*/{self.name}") if p.is_dir())
@@ -436,7 +468,7 @@ class Sandbox:
             lines = self.log_path.read_text(errors="replace").splitlines()
         except OSError:
             return []
-        return [f"runsc: {_log_message(line)}" for line in lines[-n:] if line.strip()]
+        return [f"runsc: {log_message(line)}" for line in lines[-n:] if line.strip()]
 
     def runsc_error(self) -> str | None:
         """runsc's last error message, when it wrote one."""
@@ -517,7 +549,7 @@ class GvisorInstance:
 
     def stats(self) -> Stats:
         """Memory from the cgroup; CPU % of one core from `runsc events --stats` deltas."""
-        usage = _read_int(self.sandbox.cgroup.path("memory") / "memory.usage_in_bytes") or 0
+        usage = self.sandbox.cgroup.read().memory_usage_bytes or 0
         percent = 0.0
         data = self.runsc.stats(self.id) if self.alive() else None
         total = None
@@ -578,18 +610,8 @@ class GvisorInstance:
             return self.oom
         if self.proc.returncode is None or self._killed:
             return None
-        status = exit_status(self.proc.returncode)
-        reading = self.sandbox.cgroup.read()
-        failcnt, kills = reading.memory_failcnt or 0, reading.oom_kills or 0
-        if status != OOM_STATUS or not (failcnt or kills):
-            return None
-        return OomKill(
-            exit_status=status,
-            failcnt=failcnt,
-            oom_kills=kills,
-            max_usage_mb=round((reading.memory_max_usage_bytes or 0) / MIB, 3),
-            limit_mb=round((reading.memory_limit_bytes or self.limits.memory_bytes) / MIB, 3),
-        )
+        limit = self.limits.memory_bytes
+        return judge_oom(exit_status(self.proc.returncode), self.sandbox.cgroup.read(), limit)
 
     def cgroup(self) -> CgroupReading:
         return self.final if self.final is not None else self.sandbox.cgroup.read()
@@ -736,7 +758,7 @@ class GvisorRuntime:
                 state = self.runsc.state(sandbox.id)
                 pid = state.get("pid") if state else None
                 total = _boot_total_memory(pid)
-                inside = _probe_output(list(pump.tail))
+                inside = probe_output(list(pump.tail))
         finally:
             if proc is not None:
                 if proc.poll() is None:
@@ -756,7 +778,7 @@ class GvisorRuntime:
         )
 
 
-def _probe_output(lines: list[str]) -> dict[str, Any]:
+def probe_output(lines: list[str]) -> dict[str, Any]:
     """MemTotal (bytes), kernel release and uid as the probe printed them."""
     out: dict[str, Any] = {}
     rest = [line.strip() for line in lines if line.strip() and line.strip() != "probe-ready"]

@@ -595,25 +595,13 @@ class RemoteRunsc(gvisor.Runsc):
         return subprocess.CompletedProcess(argv, done.status, out, err)
 
 
-_CGROUP_FILES = (
-    ("memory", "memory.limit_in_bytes"),
-    ("memory", "memory.usage_in_bytes"),
-    ("memory", "memory.max_usage_in_bytes"),
-    ("memory", "memory.failcnt"),
-    ("memory", "memory.oom_control"),
-    ("memory", "cgroup.procs"),
-    ("cpu", "cpu.cfs_quota_us"),
-    ("cpu", "cpu.cfs_period_us"),
-    ("cpu", "cpu.stat"),
-    ("cpu", "cgroup.procs"),
-)
 NO_CGROUP = gvisor.CgroupReading(None, None, None, None, None, None, None, None, (), ())
 
 
 def read_cgroup(conn: Connection, cid: str) -> gvisor.CgroupReading:
     """The sandbox's cgroup (v1) on the host, every file in one command; what cannot be read
     (a file gone, the connection lost) is None, as gvisor.Cgroup.read() has it."""
-    paths = " ".join(q(f"{gvisor.CGROUP_ROOT}/{c}/{cid}/{name}") for c, name in _CGROUP_FILES)
+    paths = " ".join(q(f"{gvisor.CGROUP_ROOT}/{c}/{cid}/{name}") for c, name in gvisor.CGROUP_FILES)
     try:
         done = conn.run(
             f'for f in {paths}; do printf "\\n@@ %s\\n" "$f"; cat -- "$f" 2>/dev/null; done'
@@ -624,6 +612,7 @@ def read_cgroup(conn: Connection, cid: str) -> gvisor.CgroupReading:
 
 
 def parse_cgroup(text: str) -> gvisor.CgroupReading:
+    """The one-command dump (`@@ <path>` then the file) as a reading, as gvisor reads it here."""
     files: dict[str, list[str]] = {}
     current: list[str] | None = None
     for line in text.splitlines():
@@ -632,53 +621,7 @@ def parse_cgroup(text: str) -> gvisor.CgroupReading:
             current = files.setdefault(f"{parts[-3]}/{parts[-1]}", []) if len(parts) > 3 else None
         elif current is not None and line.strip():
             current.append(line)
-
-    def number(key: str) -> int | None:
-        try:
-            return int(files[key][0].split()[0])
-        except (KeyError, IndexError, ValueError):
-            return None
-
-    def keyed(key: str, name: str) -> int | None:
-        for line in files.get(key, []):
-            word, _, value = line.partition(" ")
-            if word == name:
-                with contextlib.suppress(ValueError):
-                    return int(value)
-        return None
-
-    def pids(key: str) -> tuple[int, ...]:
-        return tuple(int(p) for line in files.get(key, []) for p in line.split() if p.isdigit())
-
-    return gvisor.CgroupReading(
-        memory_limit_bytes=number("memory/memory.limit_in_bytes"),
-        memory_usage_bytes=number("memory/memory.usage_in_bytes"),
-        memory_max_usage_bytes=number("memory/memory.max_usage_in_bytes"),
-        memory_failcnt=number("memory/memory.failcnt"),
-        oom_kills=keyed("memory/memory.oom_control", "oom_kill"),
-        cpu_quota_us=number("cpu/cpu.cfs_quota_us"),
-        cpu_period_us=number("cpu/cpu.cfs_period_us"),
-        cpu_throttled=keyed("cpu/cpu.stat", "nr_throttled"),
-        memory_procs=pids("memory/cgroup.procs"),
-        cpu_procs=pids("cpu/cgroup.procs"),
-    )
-
-
-def oom_of(
-    status: int, reading: gvisor.CgroupReading, limits: gvisor.Limits
-) -> gvisor.OomKill | None:
-    """An OOM kill, when a sandbox that died on its own shows one (exit 137, the cgroup's
-    failcnt or oom_kill), as gvisor.GvisorInstance.oom_kill() judges it."""
-    failcnt, kills = reading.memory_failcnt or 0, reading.oom_kills or 0
-    if status != gvisor.OOM_STATUS or not (failcnt or kills):
-        return None
-    return gvisor.OomKill(
-        exit_status=status,
-        failcnt=failcnt,
-        oom_kills=kills,
-        max_usage_mb=round((reading.memory_max_usage_bytes or 0) / gvisor.MIB, 3),
-        limit_mb=round((reading.memory_limit_bytes or limits.memory_bytes) / gvisor.MIB, 3),
-    )
+    return gvisor.reading_of({key: "\n".join(lines) for key, lines in files.items() if lines})
 
 
 def runsc_log(conn: Connection | None, path: str | None, n: int = 50) -> list[str]:
@@ -690,7 +633,7 @@ def runsc_log(conn: Connection | None, path: str | None, n: int = 50) -> list[st
     except RemoteFailure:
         return []
     return [
-        f"runsc: {gvisor._log_message(line)}" for line in done.output.splitlines() if line.strip()
+        f"runsc: {gvisor.log_message(line)}" for line in done.output.splitlines() if line.strip()
     ]
 
 
@@ -1037,7 +980,7 @@ class _Probe:
             state = self.runsc.state(self.cid)
             pid = state.get("pid") if state else None
             total = boot_total_memory(self.conn, pid)
-            inside = gvisor._probe_output(list(self.lines))
+            inside = gvisor.probe_output(list(self.lines))
         except (WaitTimeout, NotReady, RemoteFailure) as exc:
             error = str(exc)
             last = runsc_log(self.conn, self.log_path, 20)
@@ -1731,7 +1674,7 @@ class RemoteInstance:
             return self.oom
         if self.cid is None or self._exit is None or not self._own_exit:
             return None
-        return oom_of(self._exit, self.cgroup(), self.limits)
+        return gvisor.judge_oom(self._exit, self.cgroup(), self.limits.memory_bytes)
 
     def exec(
         self, argv: list[str], *, as_release: bool = True, timeout: float = 15.0
