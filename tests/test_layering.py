@@ -21,11 +21,21 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = sorted([*REPO.glob("pipeline/**/*.py"), *REPO.glob("bench/*.py"), REPO / "tasks.py"])
-ABOVE_BASE = {"tasks", "phases", "probes", "runtime", "cloudrun", "emulator", "reporting", "views"}
+ABOVE_BASE = {
+    "tasks",
+    "phases",
+    "probes",
+    "runtime",
+    "ssh",
+    "cloudrun",
+    "emulator",
+    "reporting",
+    "views",
+}
 FLOORS = (
     {"tasks"},
     {"phases"},
-    {"probes", "runtime", "cloudrun", "reporting", "views", "emulator"},
+    {"probes", "runtime", "ssh", "cloudrun", "reporting", "views", "emulator"},
 )
 EMULATOR_MAY_USE = {"runtime", "config", "errors", "receipts", "release", "stats", "waiting"}
 BASE = ("receipts", "gates", "config", "release", "errors")

@@ -21,7 +21,7 @@ from fixtures_gvisor import leftovers
 
 from pipeline import receipts
 from pipeline.phases.week2 import STAGES
-from pipeline.runtime.remote import parse_cgroup
+from pipeline.runtime.remote_gvisor import parse_cgroup
 
 pytestmark = pytest.mark.usefixtures("gvisor_clean")
 

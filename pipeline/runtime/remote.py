@@ -56,21 +56,15 @@ and `stop()` return 255 (ssh's own code for a connection error), each at once.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
-import logging
-import os
 import re
 import secrets
-import selectors
-import shlex
 import socket
-import subprocess
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,13 +75,31 @@ from pipeline.errors import PipelineError
 from pipeline.runtime import gvisor
 from pipeline.runtime.base import Capture, LaunchSpec, StartupFailed, Stats
 from pipeline.runtime.readiness import NotReady, not_ready_reason
+from pipeline.runtime.remote_gvisor import (
+    NO_CGROUP,
+    RemoteRunsc,
+    RemoteSandbox,
+    boot_total_memory,
+    read_cgroup,
+    remote_base,
+    remove_sandbox,
+    run_dir,
+    runsc_log,
+)
+from pipeline.ssh.connection import (
+    LOST_STATUS,
+    Connection,
+    HostKeyPolicy,
+    NoAuth,
+    RemoteFailure,
+    Target,
+    UnknownHostKey,
+    describe,
+    q,
+)
+from pipeline.ssh.forward import Forwarder
 from pipeline.waiting import WaitTimeout, poll
 
-# paramiko logs every refused forward (each readiness poll before the release listens) as a
-# warning; with no handler Python would print them. Failures here are reported as receipts.
-logging.getLogger("paramiko").addHandler(logging.NullHandler())
-
-LOST_STATUS = 255  # the release's state is unknown: the connection is gone (ssh's own code)
 LOG_LINES = 500
 LOG_FETCH_BYTES = 8 << 20
 FOLLOW_DRAIN_S = 3.0  # tail -f --pid notices the release's exit within its 0.1 s interval
@@ -105,374 +117,6 @@ TOOLS = (
     "mv",
 )
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_UNSAFE_ID = re.compile(r"[^A-Za-z0-9_.-]")
-_TARGET = re.compile(
-    r"^(?:(?P<user>[^@\s:/]+)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(?P<port>\d{1,5}))?$"
-)
-
-
-def q(value: object) -> str:
-    """One shell word, whatever the value holds."""
-    return shlex.quote(str(value))
-
-
-class RemoteFailure(Exception):
-    """Something on the way to a running release failed; the message is the whole story."""
-
-
-class UnknownHostKey(paramiko.SSHException):
-    def __init__(self, name: str, key: paramiko.PKey, path: Path):
-        self.name, self.key, self.path = name, key, path
-        super().__init__(
-            f"unknown host key for {name} ({key.get_name()} {key.fingerprint}): it is not in "
-            f"{path}; check the fingerprint with the host's owner, then pass "
-            "--accept-new-host-key to add it"
-        )
-
-
-# ------------------------------------------------------------------------------ the target
-
-
-@dataclass(frozen=True)
-class Target:
-    user: str
-    host: str
-    port: int = 22
-
-    @classmethod
-    def parse(cls, text: str) -> Target:
-        """``user@host[:port]`` (user defaults to the local user; ``[v6addr]`` for IPv6)."""
-        match = _TARGET.match(text.strip())
-        port = int(match.group("port")) if match and match.group("port") else 22
-        if match is None or not 0 < port < 65536:
-            raise PipelineError(f"--host {text!r}: expected user@host[:port]")
-        return cls(match.group("user") or getpass.getuser(), match.group("host").strip("[]"), port)
-
-    @property
-    def key_name(self) -> str:
-        """The host's name in known_hosts, as OpenSSH writes it."""
-        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
-
-    def __str__(self) -> str:
-        return f"{self.user}@{self.host}:{self.port}"
-
-
-class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
-    """Unknown key: refused, or (accept_new) appended to the known_hosts file and trusted."""
-
-    def __init__(self, path: Path, accept_new: bool):
-        self.path = path
-        self.accept_new = accept_new
-        self.added: str | None = None
-
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: Any) -> None:
-        if not self.accept_new:
-            raise UnknownHostKey(hostname, key, self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "a") as fh:
-            fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
-        client.get_host_keys().add(hostname, key.get_name(), key)
-        self.added = f"{key.get_name()} {key.fingerprint}"
-
-
-class _NoAuth:
-    """An auth strategy that authenticates nothing: the host key check alone (a pre-flight)."""
-
-    def authenticate(self, transport: Any) -> list[Any]:
-        return []
-
-
-def describe(exc: BaseException, target: Target, identity: Path | None) -> str:
-    """One line saying what went wrong reaching the host (never any key material)."""
-    where = f"{target.user}@{target.host}:{target.port}"
-    if isinstance(exc, UnknownHostKey):
-        return str(exc)
-    if isinstance(exc, paramiko.BadHostKeyException):
-        return (
-            f"host key for {target.key_name} CHANGED ({exc.key.get_name()} {exc.key.fingerprint}, "
-            f"expected {exc.expected_key.fingerprint}): refusing to connect (a man-in-the-middle, "
-            "or a reinstalled host: fix known_hosts by hand)"
-        )
-    if isinstance(exc, paramiko.PasswordRequiredException):
-        return f"identity {identity} is encrypted: load it into an ssh-agent first"
-    if isinstance(exc, paramiko.AuthenticationException):
-        tried = f"identity {identity}" if identity else "the default keys"
-        agent = " and the ssh-agent" if os.environ.get("SSH_AUTH_SOCK") else ""
-        return f"authentication failed for {where} ({tried}{agent}; keys only, never a password)"
-    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
-        errors = {getattr(e, "errno", None) for e in exc.errors.values()}
-        if errors <= {111}:
-            return f"connection refused by {target.host}:{target.port} (no SSH server listening)"
-        return f"cannot connect to {target.host}:{target.port}: {exc.strerror}"
-    if isinstance(exc, ConnectionRefusedError):
-        return f"connection refused by {target.host}:{target.port} (no SSH server listening)"
-    if isinstance(exc, socket.gaierror):
-        return f"cannot resolve {target.host}: {exc.strerror}"
-    if isinstance(exc, TimeoutError):
-        return f"no answer from {target.host}:{target.port} in time (connect timeout)"
-    if isinstance(exc, paramiko.SSHException | EOFError):
-        return f"SSH to {where} failed: {exc or type(exc).__name__}"
-    if isinstance(exc, OSError):
-        return f"cannot connect to {target.host}:{target.port}: {exc.strerror or exc}"
-    return f"SSH to {where} failed: {type(exc).__name__}: {exc}"
-
-
-# ------------------------------------------------------------------------------ commands
-
-
-@dataclass(frozen=True)
-class Done:
-    status: int
-    output: str
-
-    def tail(self, n: int = 5) -> str:
-        lines = [line for line in self.output.strip().splitlines() if line.strip()]
-        return " | ".join(lines[-n:])
-
-
-class Connection:
-    """One SSH connection (fabric): commands with deadlines, uploads, channels."""
-
-    def __init__(self, fabric_conn: Any, target: Target, command_timeout: float):
-        self.fabric = fabric_conn
-        self.target = target
-        self.command_timeout = command_timeout
-        self.lost: str | None = None  # why the connection went away (not when we closed it)
-        self.closed = False
-        self._shell: paramiko.Channel | None = None
-        self._shell_lock = threading.Lock()
-        self._marker = f"__taiea_done_{secrets.token_hex(8)}__".encode()
-
-    @property
-    def transport(self) -> paramiko.Transport:
-        if not self.active():
-            raise RemoteFailure(self.lost or "the SSH connection is closed")
-        transport: paramiko.Transport = self.fabric.client.get_transport()
-        return transport
-
-    def mark_lost(self, why: str) -> None:
-        if self.lost is None and not self.closed:
-            self.lost = f"lost the SSH connection to {self.target}: {why}"
-        with contextlib.suppress(Exception):
-            self.fabric.close()
-
-    def active(self) -> bool:
-        if self.lost is not None or self.closed:
-            return False
-        transport = self.fabric.client.get_transport()
-        if transport is None or not transport.is_active():
-            self.mark_lost("the host closed it, or went away")
-            return False
-        return True
-
-    def check(self) -> None:
-        if not self.active():
-            raise RemoteFailure(self.lost or "not connected")
-
-    def session(self, script: str, *, combine: bool = False) -> paramiko.Channel:
-        """A channel running `script` under POSIX sh (whatever the login shell is)."""
-        self.check()
-        try:
-            chan = self.transport.open_session(timeout=self.command_timeout)
-            chan.settimeout(self.command_timeout)
-            chan.set_combine_stderr(combine)
-            chan.exec_command(f"exec /bin/sh -c {q(script)}")
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            self.mark_lost(str(exc) or type(exc).__name__)
-            raise RemoteFailure(self.lost or str(exc)) from None
-        return chan
-
-    def run(self, script: str, *, timeout: float | None = None, stdin: bytes | None = None) -> Done:
-        """Run `script`; its merged output and exit status, within `timeout` seconds.
-
-        Without stdin, on the connection's one long-lived shell (a new SSH session costs a
-        login shell start on the host: its rc files, every time); with stdin, in a session of
-        its own."""
-        limit = self.command_timeout if timeout is None else timeout
-        if stdin is None:
-            return self._on_shell(script, limit)
-        deadline = time.monotonic() + limit
-        chan = self.session(script, combine=True)
-        chunks: list[bytes] = []
-        try:
-            if stdin is not None:
-                chan.sendall(stdin)
-            chan.shutdown_write()
-            while True:
-                chan.settimeout(max(0.001, deadline - time.monotonic()))
-                data = chan.recv(65536)
-                if not data:
-                    break
-                chunks.append(data)
-            if not chan.status_event.wait(max(0.0, deadline - time.monotonic())):
-                raise TimeoutError
-        except TimeoutError:
-            self.mark_lost(f"a remote command got no answer in {limit:g} s")
-            raise RemoteFailure(self.lost or "timeout") from None
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            self.mark_lost(str(exc) or type(exc).__name__)
-            raise RemoteFailure(self.lost or str(exc)) from None
-        finally:
-            chan.close()
-        status = chan.exit_status
-        return Done(
-            status if status >= 0 else LOST_STATUS, b"".join(chunks).decode("utf-8", "replace")
-        )
-
-    def _on_shell(self, script: str, limit: float) -> Done:
-        """One command on the long-lived shell: sent base64-encoded on one line, run in a
-        subshell (stdin /dev/null, stderr merged), its end marked by a random marker line."""
-        import base64
-
-        with self._shell_lock:
-            deadline = time.monotonic() + limit
-            if self._shell is None:
-                loop = (
-                    "while IFS= read -r line; do "
-                    'script=$(printf "%s" "$line" | base64 -d) || exit 99; '
-                    '( eval "$script" ) </dev/null 2>&1; '
-                    f'printf "\\n%s %s\\n" {q(self._marker.decode())} "$?"; done'
-                )
-                self._shell = self.session(loop, combine=True)
-            chan = self._shell
-            buffer = bytearray()
-            end = b"\n" + self._marker + b" "
-            try:
-                chan.sendall(base64.b64encode(script.encode()) + b"\n")
-                while True:
-                    at = buffer.find(end)
-                    if at >= 0 and buffer.find(b"\n", at + len(end)) >= 0:
-                        break
-                    chan.settimeout(max(0.001, deadline - time.monotonic()))
-                    data = chan.recv(65536)
-                    if not data:
-                        raise EOFError("the remote shell ended")
-                    buffer += data
-            except TimeoutError:
-                self.mark_lost(f"a remote command got no answer in {limit:g} s")
-                raise RemoteFailure(self.lost or "timeout") from None
-            except (paramiko.SSHException, OSError, EOFError) as exc:
-                self.mark_lost(str(exc) or type(exc).__name__)
-                raise RemoteFailure(self.lost or str(exc)) from None
-            status_line = buffer[at + len(end) : buffer.find(b"\n", at + len(end))]
-            try:
-                status = int(status_line)
-            except ValueError:
-                status = LOST_STATUS
-            return Done(status, bytes(buffer[:at]).decode("utf-8", "replace"))
-
-    def must(self, script: str, what: str, **kw: Any) -> Done:
-        done = self.run(script, **kw)
-        if done.status != 0:
-            raise RemoteFailure(
-                f"{what} failed on {self.target} (status {done.status}): {done.tail()}"
-            )
-        return done
-
-    def close(self) -> None:
-        self.closed = True
-        if self._shell is not None:
-            self._shell.close()
-        with contextlib.suppress(Exception):
-            self.fabric.close()
-
-
-# ------------------------------------------------------------------------------ port forwarding
-
-
-class Forwarder:
-    """127.0.0.1:<free port> here → 127.0.0.1:<port> on the host, one direct-tcpip channel per
-    connection, each pumped by a thread (select over the socket and the channel)."""
-
-    def __init__(self, conn: Connection, remote_port: int, remote_host: str = "127.0.0.1"):
-        self.conn = conn
-        self.remote = (remote_host, remote_port)
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(256)
-        self.port = int(self.listener.getsockname()[1])
-        self.connections = 0
-        self._closed = threading.Event()
-        self._lock = threading.Lock()
-        self._open: set[Any] = set()
-        self._accept = threading.Thread(target=self._serve, name="ssh-forward", daemon=True)
-        self._accept.start()
-
-    def _serve(self) -> None:
-        while not self._closed.is_set():
-            try:
-                sock, peer = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._pump, args=(sock, peer), daemon=True).start()
-
-    def _pump(self, sock: socket.socket, peer: tuple[str, int]) -> None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        chan = None
-        try:
-            if not self.conn.active():
-                return
-            transport = self.conn.transport
-            chan = transport.open_channel(
-                "direct-tcpip", self.remote, peer, timeout=self.conn.command_timeout
-            )
-            chan.settimeout(self.conn.command_timeout)
-            with self._lock:
-                if self._closed.is_set():
-                    return
-                self._open.update((sock, chan))
-                self.connections += 1
-            self._shuttle(sock, chan)
-        except (OSError, EOFError, paramiko.SSHException, RemoteFailure):
-            pass  # the client sees its connection closed: no answer, a failed request
-        finally:
-            with self._lock:
-                self._open.discard(sock)
-                self._open.discard(chan)
-            if chan is not None:
-                chan.close()
-            sock.close()
-
-    def _shuttle(self, sock: socket.socket, chan: paramiko.Channel) -> None:
-        with selectors.DefaultSelector() as sel:
-            sel.register(sock, selectors.EVENT_READ, "here")
-            sel.register(chan, selectors.EVENT_READ, "there")
-            open_ways = 2
-            while open_ways and not self._closed.is_set():
-                for key, _ in sel.select(timeout=1.0):
-                    if key.data == "here":
-                        data = sock.recv(65536)
-                        if data:
-                            chan.sendall(data)
-                            continue
-                        chan.shutdown_write()
-                        sel.unregister(sock)
-                    else:
-                        data = chan.recv(65536)
-                        if data:
-                            sock.sendall(data)
-                            continue
-                        with contextlib.suppress(OSError):
-                            sock.shutdown(socket.SHUT_WR)
-                        sel.unregister(chan)
-                    open_ways -= 1
-                if chan.closed:
-                    return
-
-    def close(self) -> None:
-        self._closed.set()
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
-        with self._lock:
-            left = list(self._open)
-            self._open.clear()
-        for item in left:
-            with contextlib.suppress(Exception):
-                item.close()
-        self._accept.join(2.0)
 
 
 # ------------------------------------------------------------------------------ process stats
@@ -514,200 +158,6 @@ def tree_usage(stat_text: str, root: int) -> tuple[int, int, int]:
         sum(usage[p][0] for p in seen if p in usage),
         sum(usage[p][1] for p in seen if p in usage),
     )
-
-
-# ------------------------------------------------------------------------------ gVisor on the host
-
-
-def remote_base(conn: Connection, configured: str, home: str) -> str:
-    """The remote dir (``[remote] dir``, ``~`` the user's home) with uploads/ and runs/ in it."""
-    base = configured
-    if base == "~" or base.startswith("~/"):
-        base = home.rstrip("/") + base[1:]
-    if not base.startswith("/"):
-        base = f"{home.rstrip('/')}/{base}"
-    base = base.rstrip("/") or "/"
-    conn.must(
-        f"umask 077 && mkdir -p -- {q(base + '/uploads')} {q(base + '/runs')}",
-        f"creating {base}",
-    )
-    return base
-
-
-def run_dir(base: str, run_id: str, role: str = "") -> str:
-    """A fresh run dir's path: <base>/runs/<run id>[-role]-<random>."""
-    run = _UNSAFE_ID.sub("-", run_id)[:64] or "run"
-    return f"{base}/runs/{run}{'-' + role if role else ''}-{secrets.token_hex(3)}"
-
-
-class RemoteRunsc(gvisor.Runsc):
-    """runsc on the host: gvisor.Runsc's subcommands and parsing, each command run over SSH with
-    every argument quoted, bounded on the host by `timeout`, stdout and stderr kept apart.
-
-    With `conn` (an instance's connection) every command uses it; without (the runtime's own
-    calls, before any instance), each command opens a connection with `connect` and closes it.
-    A lost connection is a failed command (status -1), as a hung local runsc is."""
-
-    def __init__(
-        self,
-        path: str,
-        conn: Connection | None = None,
-        connect: Callable[[], Connection] | None = None,
-    ):
-        super().__init__(path)
-        self.conn = conn
-        self.connect = connect
-
-    def _run(
-        self, *args: str, timeout: float = gvisor.COMMAND_TIMEOUT_S
-    ) -> subprocess.CompletedProcess[str]:
-        argv = [self.path, *args]
-        try:
-            if self.conn is not None:
-                return self._over(self.conn, argv, timeout)
-            if self.connect is None:
-                raise RemoteFailure("not connected to the host")
-            conn = self.connect()
-            try:
-                return self._over(conn, argv, timeout)
-            finally:
-                conn.close()
-        except RemoteFailure as exc:
-            return subprocess.CompletedProcess(argv, -1, "", str(exc))
-
-    @staticmethod
-    def _over(
-        conn: Connection, argv: list[str], timeout: float
-    ) -> subprocess.CompletedProcess[str]:
-        marker = f"__taiea_stderr_{secrets.token_hex(6)}__"
-        script = (
-            "e=$(mktemp) || exit 125; "
-            f'timeout {timeout:g} {" ".join(q(a) for a in argv)} 2>"$e"; s=$?; '
-            f'printf \'\\n%s\\n\' {marker}; cat -- "$e"; rm -f -- "$e"; exit "$s"'
-        )
-        done = conn.run(script, timeout=timeout + conn.command_timeout)
-        out, sep, err = done.output.rpartition(f"\n{marker}\n")
-        if not sep:
-            out, err = done.output, ""
-        if done.status == 124:  # timeout(1): as gvisor.Runsc reports a hung command
-            message = f"runsc {' '.join(argv[1:])}: no answer after {timeout:g} s"
-            return subprocess.CompletedProcess(argv, -1, out, message)
-        return subprocess.CompletedProcess(argv, done.status, out, err)
-
-
-NO_CGROUP = gvisor.CgroupReading(None, None, None, None, None, None, None, None, (), ())
-
-
-def read_cgroup(conn: Connection, cid: str) -> gvisor.CgroupReading:
-    """The sandbox's cgroup (v1) on the host, every file in one command; what cannot be read
-    (a file gone, the connection lost) is None, as gvisor.Cgroup.read() has it."""
-    paths = " ".join(q(f"{gvisor.CGROUP_ROOT}/{c}/{cid}/{name}") for c, name in gvisor.CGROUP_FILES)
-    try:
-        done = conn.run(
-            f'for f in {paths}; do printf "\\n@@ %s\\n" "$f"; cat -- "$f" 2>/dev/null; done'
-        )
-    except RemoteFailure:
-        return NO_CGROUP
-    return parse_cgroup(done.output)
-
-
-def parse_cgroup(text: str) -> gvisor.CgroupReading:
-    """The one-command dump (`@@ <path>` then the file) as a reading, as gvisor reads it here."""
-    files: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in text.splitlines():
-        if line.startswith("@@ "):
-            parts = line[3:].strip().split("/")
-            current = files.setdefault(f"{parts[-3]}/{parts[-1]}", []) if len(parts) > 3 else None
-        elif current is not None and line.strip():
-            current.append(line)
-    return gvisor.reading_of({key: "\n".join(lines) for key, lines in files.items() if lines})
-
-
-def runsc_log(conn: Connection | None, path: str | None, n: int = 50) -> list[str]:
-    """runsc's own log on the host, its messages unwrapped, each line prefixed ``runsc: ``."""
-    if conn is None or path is None or not conn.active():
-        return []
-    try:
-        done = conn.run(f"tail -n {int(n)} -- {q(path)} 2>/dev/null")
-    except RemoteFailure:
-        return []
-    return [
-        f"runsc: {gvisor.log_message(line)}" for line in done.output.splitlines() if line.strip()
-    ]
-
-
-def sandbox_leftovers(conn: Connection, runsc: str, cid: str, work: str | None) -> list[str]:
-    """What of a sandbox is still on the host: its container, cgroup dirs, run dir."""
-    script = (
-        f"{q(runsc)} list -quiet 2>/dev/null </dev/null | while IFS= read -r id; do "
-        f'[ "$id" = {q(cid)} ] && printf \'runsc container %s\\n\' "$id"; done; '
-        f'for d in {gvisor.CGROUP_ROOT}/*/{q(cid)}; do [ -d "$d" ] && printf "%s\\n" "$d"; done; '
-    )
-    if work is not None:
-        script += f"[ -e {q(work)} ] && printf '%s\\n' {q(work)}; "
-    done = conn.run(script + "true")
-    return [line for line in done.output.splitlines() if line.strip()]
-
-
-def remove_sandbox(
-    conn: Connection | None, runsc: str, cid: str, work: str | None, timeout: float = 10.0
-) -> list[str]:
-    """Delete the container, rmdir its cgroups (they empty once its tasks are gone), remove
-    the run dir; polled until nothing is left. Returns what is left ([] when all is gone)."""
-    if conn is None or not conn.active():
-        why = conn.lost if conn is not None and conn.lost else "not connected"
-        return [f"not verified on the host: {why}"]
-    remove = (
-        f"{q(runsc)} list -quiet 2>/dev/null </dev/null | while IFS= read -r id; do "
-        f'[ "$id" = {q(cid)} ] && {q(runsc)} delete -force {q(cid)} </dev/null; done; '
-        f'for d in {gvisor.CGROUP_ROOT}/*/{q(cid)}; do [ -d "$d" ] && rmdir "$d"; done; '
-        + (f"rm -rf -- {q(work)}; " if work is not None else "")
-        + "true"
-    )
-    left: list[str] = []
-
-    def gone() -> bool | None:
-        nonlocal left
-        left = sandbox_leftovers(conn, runsc, cid, work)
-        if not left:
-            return True
-        conn.run(remove, timeout=conn.command_timeout + 30)
-        return None
-
-    try:
-        poll(gone, timeout=timeout, interval=0.1, what=f"sandbox {cid} to be removed")
-    except WaitTimeout:
-        pass
-    except RemoteFailure as exc:
-        return [f"not verified on the host: {exc}"]
-    return left
-
-
-def boot_total_memory(conn: Connection, pid: Any) -> int | None:
-    """The `--total-memory` runsc gave the sandbox's sentry, from its command line on the host."""
-    if not isinstance(pid, int) or pid <= 0:
-        return None
-    try:
-        done = conn.run(f"tr '\\0' '\\n' < /proc/{int(pid)}/cmdline")
-    except RemoteFailure:
-        return None
-    argv = done.output.splitlines()
-    for flag, value in zip(argv, argv[1:], strict=False):
-        if flag == "--total-memory":
-            with contextlib.suppress(ValueError):
-                return int(value)
-    return None
-
-
-@dataclass
-class RemoteSandbox:
-    """A gVisor sandbox on the host: its container id, its bundle dir, and what its removal
-    left there (the names week 2 writes into its receipts)."""
-
-    id: str
-    bundle: str | None = None
-    leftovers: list[str] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------ the runtime
@@ -780,14 +230,14 @@ class RemoteRuntime:
 
     # --- SSH
 
-    def _client(self) -> tuple[paramiko.SSHClient, _HostKeyPolicy]:
+    def _client(self) -> tuple[paramiko.SSHClient, HostKeyPolicy]:
         client = paramiko.SSHClient()
         if self.known_hosts.is_file():
             try:
                 client.load_host_keys(str(self.known_hosts))
             except (OSError, paramiko.SSHException, ValueError) as exc:
                 raise PipelineError(f"known_hosts {self.known_hosts}: unreadable ({exc})") from None
-        policy = _HostKeyPolicy(self.known_hosts, self.accept_new_host_key)
+        policy = HostKeyPolicy(self.known_hosts, self.accept_new_host_key)
         client.set_missing_host_key_policy(policy)
         return client, policy
 
@@ -806,7 +256,7 @@ class RemoteRuntime:
                 self.target.user,
                 allow_agent=False,
                 look_for_keys=False,
-                auth_strategy=_NoAuth(),
+                auth_strategy=NoAuth(),
                 **self._timeouts(),
             )
         except (UnknownHostKey, paramiko.BadHostKeyException) as exc:
