@@ -308,7 +308,8 @@ class RemoteRuntime:
     # --- the Runtime interface
 
     def start(self, spec: LaunchSpec) -> RemoteInstance:
-        instance = RemoteInstance(self, spec)
+        kind = RemoteSandboxInstance if self.inner == "gvisor" else RemoteInstance
+        instance = kind(self, spec)
         self.instances.append(instance)
         try:
             instance.launch()
@@ -544,7 +545,8 @@ class Upload:
 
 
 class RemoteInstance:
-    """The release on the host. `url` is the local end of the forwarded port."""
+    """The release on the host as a process. `url` is the local end of the forwarded port.
+    RemoteSandboxInstance runs it in gVisor instead, through the hooks marked below."""
 
     def __init__(self, runtime: RemoteRuntime, spec: LaunchSpec):
         self.runtime = runtime
@@ -561,13 +563,6 @@ class RemoteInstance:
         self.upload: Upload | None = None
         self.failure: str | None = None
         self.facts: dict[str, Any] = {"host": str(runtime.target), "runtime": runtime.inner}
-        self.cid: str | None = None  # gvisor container id
-        self.sandbox: RemoteSandbox | None = None  # gvisor: the sandbox's pieces on the host
-        self.final: gvisor.CgroupReading | None = None  # gvisor: the cgroup as the sandbox ended
-        self.oom: gvisor.OomKill | None = None  # gvisor: the kernel killed it at its limit
-        if runtime.inner == "gvisor":
-            self.cid = gvisor.container_id(spec.run_id)
-            self.sandbox = RemoteSandbox(self.cid)
         self._partial: str | None = None  # an upload under way
         self._chan: paramiko.Channel | None = None
         self._pid_seen = threading.Event()
@@ -585,7 +580,6 @@ class RemoteInstance:
         self._follow_thread: threading.Thread | None = None
         self._log_offset = 0  # bytes of release.log fed to the capture
         self._log_rest = b""  # a line not yet complete
-        self._runsc_log: list[str] = []
 
     # --- start
 
@@ -624,11 +618,7 @@ class RemoteInstance:
             f'for t in {" ".join(TOOLS)}; do command -v "$t" >/dev/null 2>&1 || '
             'printf "missing %s\\n" "$t"; done'
         )
-        if self.runtime.inner == "gvisor":
-            runsc = self._runsc_name()
-            script += (
-                f"; command -v {q(runsc)} >/dev/null 2>&1 || printf 'missing %s\\n' {q(runsc)}"
-            )
+        script += self._probe_more()
         done = self.conn.must(script, "probing the host")
         facts: dict[str, str] = {}
         missing: list[str] = []
@@ -638,11 +628,7 @@ class RemoteInstance:
                 missing.append(value)
             else:
                 facts[word] = value
-        if self.runtime.inner == "gvisor" and self._runsc_name() in missing:
-            raise RemoteFailure(
-                f"{self.runtime.target} lacks runsc ({self._runsc_name()!r} not found on the "
-                f"host): {gvisor.INSTALL}"
-            )
+        self._check_missing(missing)
         if missing:
             raise RemoteFailure(
                 f"{self.runtime.target} lacks {', '.join(missing)} (needs GNU coreutils, tar, util-linux)"
@@ -813,40 +799,25 @@ class RemoteInstance:
         """The command the wrapper starts in its own session (its pid is the release's)."""
         script = f"{root}/bin/{self.spec.name}"
         source = 'set -a; . "$1" || exit 96; set +a; rm -f -- "$1"; shift; exec "$@"'
-        if self.runtime.inner == "process":
-            return (
-                'setsid env -i "PATH=$PATH" "HOME=$HOME" "LANG=${LANG:-C.UTF-8}" '
-                f"/bin/sh -c {q(source)} taiea-launch {q(envfile)} {q(script)} foreground"
-            )
-        assert self.work is not None and self.cid is not None
         return (
-            f"setsid {q(self._runsc_name())} --network=host --log {q(self.work + '/runsc.log')} "
-            f"--log-format text run --bundle {q(self.work + '/bundle')} {q(self.cid)}"
+            'setsid env -i "PATH=$PATH" "HOME=$HOME" "LANG=${LANG:-C.UTF-8}" '
+            f"/bin/sh -c {q(source)} taiea-launch {q(envfile)} {q(script)} foreground"
         )
 
     def _term(self) -> str:
         """How the wrapper asks the release to stop (SIGTERM)."""
-        if self.runtime.inner == "gvisor":
-            return f"{q(self._runsc_name())} kill {q(self.cid)} TERM"
         return 'kill -TERM "$pid"'
 
     def _reap(self) -> str:
-        """What the wrapper does after SIGKILL to the group: the sandbox and its cgroups go."""
-        if self.runtime.inner != "gvisor":
-            return ":"
-        runsc, cid = q(self._runsc_name()), q(self.cid)
-        return (
-            f"{runsc} delete -force {cid}; "
-            f'for d in /sys/fs/cgroup/*/{cid}; do [ -d "$d" ] && rmdir "$d"; done'
-        )
+        """What the wrapper does after SIGKILL to the group (a sandbox: it and its cgroups go)."""
+        return ":"
 
     def _start(self, root: str, env: dict[str, str]) -> None:
         assert self.conn is not None and self.work is not None
         work = self.work
         envfile = f"{work}/launch.env"
         body = "".join(f"{key}={q(value)}\n" for key, value in env.items())
-        if self.runtime.inner == "gvisor":
-            self._prepare_sandbox(root, env)
+        if self._prepare(root, env):  # the environment went into the sandbox's config
             body = ""
         self.conn.must(
             f"umask 077 && cat > {q(envfile)}",
@@ -915,24 +886,6 @@ class RemoteInstance:
                 self.conn.active()  # notes a lost connection
             self._exited.set()
 
-    def _prepare_sandbox(self, root: str, env: dict[str, str]) -> None:
-        """gvisor on the host: the OCI bundle of runtime/gvisor.py and its memory cgroup."""
-        assert self.conn is not None and self.work is not None
-        assert self.cid is not None and self.sandbox is not None
-        limits = self.runtime.limits
-        args = [f"{limits.mount_point.rstrip('/')}/bin/{self.spec.name}", "foreground"]
-        inside = self.runtime.sandbox_env(env, self.port, self.spec.host)
-        config = gvisor.oci_config(limits, self.cid, args, inside, Path(root))
-        bundle = self.sandbox.bundle = f"{self.work}/bundle"
-        cgroup = f"/sys/fs/cgroup/memory/{self.cid}"
-        self.conn.must(
-            f"umask 077 && mkdir -- {q(bundle)} && cat > {q(bundle + '/config.json')} && "
-            f"chmod o+x {q(self.work)} {q(self.work + '/release')} && "
-            f"mkdir -- {q(cgroup)} && printf '%s' {limits.memory_bytes} > {q(cgroup + '/memory.limit_in_bytes')}",
-            "preparing the gVisor sandbox (root and the cgroup v1 memory controller needed)",
-            stdin=json.dumps(config).encode(),
-        )
-
     # --- the Instance interface
 
     def failed(self, reason: str) -> None:
@@ -954,21 +907,13 @@ class RemoteInstance:
             if self.conn is not None and self.conn.lost:
                 reason = self.conn.lost
             elif self._exit is not None:
-                oom = self.oom_kill()
-                reason = (
-                    oom.reason if oom else f"exited with status {self._exit} before it was ready"
-                )
-                last = [] if oom else runsc_log(self.conn, self._runsc_log_path(), 20)
-                if last:
-                    reason += f": {last[-1].removeprefix('runsc: ')}"
+                reason = self._exit_reason(self._exit)
             raise StartupFailed(reason, self.logs(50))
         return time.monotonic() - self.started_at
 
     def stats(self) -> Stats:
         if self.conn is None or not self.pid or not self.alive():
             return Stats(0, 0.0)
-        if self.runtime.inner == "gvisor":
-            return self._sandbox_stats()
         try:
             done = self.conn.run("cat /proc/uptime; cat /proc/[0-9]*/stat 2>/dev/null")
         except RemoteFailure:
@@ -1003,11 +948,6 @@ class RemoteInstance:
         extra = [self.conn.lost] if self.conn is not None and self.conn.lost else []
         if self.failure is not None:
             extra = []
-        if self.runtime.inner == "gvisor":  # and runsc's own log, as runtime/gvisor.py has it
-            runsc = self._runsc_log
-            if self._status is None:
-                runsc = runsc_log(self.conn, self._runsc_log_path(), n) or runsc
-            return (list(self._tail) + extra)[-n:] + runsc[-n:]
         return (list(self._tail) + extra)[-n:]
 
     def stop(self, grace: float = 10.0) -> int:
@@ -1032,31 +972,19 @@ class RemoteInstance:
                 self._exited.wait(grace + self.options.command_timeout_s)
                 if self._exit is not None:
                     status = self._exit
-                if self.cid is not None:  # before the wrapper reaps the cgroup: its last state
-                    self.final = read_cgroup(conn, self.cid)
-                    self.oom = self.oom_kill()
-                    self._runsc_log = runsc_log(conn, self._runsc_log_path(), 50)
+                self._before_reap(conn)
                 self._collect_log()
                 with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
                     self._chan.shutdown_write()  # EOF: the wrapper removes the run dir
                     self._chan.status_event.wait(self.options.command_timeout_s)
-                if self.sandbox is not None and self.cid is not None:
-                    self.sandbox.leftovers = remove_sandbox(
-                        conn, self._runsc_name(), self.cid, self.work
-                    )
+                self._remove(conn, wrapper_ran=True)
             elif conn is not None and conn.active():
                 with contextlib.suppress(RemoteFailure):  # start failed before the wrapper ran
                     if self._partial is not None:
                         conn.run(f"rm -f -- {q(self._partial)}")
-                    if self.sandbox is not None and self.cid is not None:
-                        self.sandbox.leftovers = remove_sandbox(
-                            conn, self._runsc_name(), self.cid, self.work
-                        )
-                    elif self.work is not None:
-                        conn.run(f"rm -rf -- {q(self.work)}")
-            elif self.sandbox is not None and self._chan is not None:  # the host is out of reach
-                why = conn.lost if conn is not None and conn.lost else "not connected"
-                self.sandbox.leftovers = [f"not verified on the host: {why}"]
+                    self._remove(conn, wrapper_ran=False)
+            elif self._chan is not None:  # the host is out of reach
+                self._unverified(conn.lost if conn is not None and conn.lost else "not connected")
         finally:
             if self.forwarder is not None:
                 self.forwarder.close()
@@ -1091,7 +1019,135 @@ class RemoteInstance:
         if self._log_rest:
             self._feed(b"\n")
 
-    # --- gvisor only: what runtime/gvisor.py's instance offers week 2, done on the host
+    # --- hooks: what a sandbox does differently (RemoteSandboxInstance)
+
+    def _probe_more(self) -> str:
+        """More of the host to probe (a sandbox: is runsc there)."""
+        return ""
+
+    def _check_missing(self, missing: list[str]) -> None:
+        """Refuse a host that lacks what this instance needs beyond TOOLS."""
+
+    def _prepare(self, root: str, env: dict[str, str]) -> bool:
+        """Before the start (a sandbox: its bundle and cgroup); True when `env` went there."""
+        return False
+
+    def _exit_reason(self, status: int) -> str:
+        return f"exited with status {status} before it was ready"
+
+    def _before_reap(self, conn: Connection) -> None:
+        """At the stop, before the wrapper reaps what it started (a sandbox: its last state)."""
+
+    def _remove(self, conn: Connection, *, wrapper_ran: bool) -> None:
+        """What stays on the host after the stop: the wrapper removes the run dir it ran in."""
+        if not wrapper_ran and self.work is not None:
+            conn.run(f"rm -rf -- {q(self.work)}")
+
+    def _unverified(self, why: str) -> None:
+        """The host went out of reach before the stop could be checked there."""
+
+    def __enter__(self) -> RemoteInstance:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(0 if exc and exc[0] is KeyboardInterrupt else self.options.stop_grace_s)
+
+
+class RemoteSandboxInstance(RemoteInstance):
+    """The release on the host inside gVisor: runtime/gvisor.py's OCI bundle and cgroup, run
+    by runsc under the same wrapper; what GvisorInstance offers week 2, done on the host."""
+
+    def __init__(self, runtime: RemoteRuntime, spec: LaunchSpec):
+        super().__init__(runtime, spec)
+        self.cid: str = gvisor.container_id(spec.run_id)
+        self.sandbox = RemoteSandbox(self.cid)
+        self.final: gvisor.CgroupReading | None = None  # the cgroup as the sandbox ended
+        self.oom: gvisor.OomKill | None = None  # the kernel killed it at its limit
+        self._runsc_log: list[str] = []
+
+    def _prepare_sandbox(self, root: str, env: dict[str, str]) -> None:
+        """gvisor on the host: the OCI bundle of runtime/gvisor.py and its memory cgroup."""
+        assert self.conn is not None and self.work is not None
+        limits = self.runtime.limits
+        args = [f"{limits.mount_point.rstrip('/')}/bin/{self.spec.name}", "foreground"]
+        inside = self.runtime.sandbox_env(env, self.port, self.spec.host)
+        config = gvisor.oci_config(limits, self.cid, args, inside, Path(root))
+        bundle = self.sandbox.bundle = f"{self.work}/bundle"
+        cgroup = f"/sys/fs/cgroup/memory/{self.cid}"
+        self.conn.must(
+            f"umask 077 && mkdir -- {q(bundle)} && cat > {q(bundle + '/config.json')} && "
+            f"chmod o+x {q(self.work)} {q(self.work + '/release')} && "
+            f"mkdir -- {q(cgroup)} && printf '%s' {limits.memory_bytes} > {q(cgroup + '/memory.limit_in_bytes')}",
+            "preparing the gVisor sandbox (root and the cgroup v1 memory controller needed)",
+            stdin=json.dumps(config).encode(),
+        )
+
+    # --- the hooks
+
+    def _probe_more(self) -> str:
+        runsc = self._runsc_name()
+        return f"; command -v {q(runsc)} >/dev/null 2>&1 || printf 'missing %s\\n' {q(runsc)}"
+
+    def _check_missing(self, missing: list[str]) -> None:
+        if self._runsc_name() in missing:
+            raise RemoteFailure(
+                f"{self.runtime.target} lacks runsc ({self._runsc_name()!r} not found on the "
+                f"host): {gvisor.INSTALL}"
+            )
+
+    def _prepare(self, root: str, env: dict[str, str]) -> bool:
+        self._prepare_sandbox(root, env)
+        return True
+
+    def _launcher(self, root: str, envfile: str) -> str:
+        assert self.work is not None
+        return (
+            f"setsid {q(self._runsc_name())} --network=host --log {q(self.work + '/runsc.log')} "
+            f"--log-format text run --bundle {q(self.work + '/bundle')} {q(self.cid)}"
+        )
+
+    def _term(self) -> str:
+        return f"{q(self._runsc_name())} kill {q(self.cid)} TERM"
+
+    def _reap(self) -> str:
+        runsc, cid = q(self._runsc_name()), q(self.cid)
+        return (
+            f"{runsc} delete -force {cid}; "
+            f'for d in /sys/fs/cgroup/*/{cid}; do [ -d "$d" ] && rmdir "$d"; done'
+        )
+
+    def _exit_reason(self, status: int) -> str:
+        oom = self.oom_kill()
+        if oom:
+            return oom.reason
+        reason = super()._exit_reason(status)
+        last = runsc_log(self.conn, self._runsc_log_path(), 20)
+        return f"{reason}: {last[-1].removeprefix('runsc: ')}" if last else reason
+
+    def _before_reap(self, conn: Connection) -> None:
+        self.final = read_cgroup(conn, self.cid)
+        self.oom = self.oom_kill()
+        self._runsc_log = runsc_log(conn, self._runsc_log_path(), 50)
+
+    def _remove(self, conn: Connection, *, wrapper_ran: bool) -> None:
+        self.sandbox.leftovers = remove_sandbox(conn, self._runsc_name(), self.cid, self.work)
+
+    def _unverified(self, why: str) -> None:
+        self.sandbox.leftovers = [f"not verified on the host: {why}"]
+
+    def stats(self) -> Stats:
+        if self.conn is None or not self.pid or not self.alive():
+            return Stats(0, 0.0)
+        return self._sandbox_stats()
+
+    def logs(self, n: int = 50) -> list[str]:
+        """The release's log, then runsc's own, as runtime/gvisor.py has it."""
+        runsc = self._runsc_log
+        if self._status is None:
+            runsc = runsc_log(self.conn, self._runsc_log_path(), n) or runsc
+        return super().logs(n) + runsc[-n:]
+
+    # --- what runtime/gvisor.py's instance offers week 2
 
     @property
     def id(self) -> str | None:
@@ -1174,12 +1230,6 @@ class RemoteInstance:
                 percent = (total - last[1]) / 1e9 / (uptime - last[0]) * 100
             self._cpu_last = (uptime, total)
         return Stats(rss_bytes=usage, cpu_percent=percent)
-
-    def __enter__(self) -> RemoteInstance:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop(0 if exc and exc[0] is KeyboardInterrupt else self.options.stop_grace_s)
 
 
 def remote_factory(
