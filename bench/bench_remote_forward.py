@@ -36,7 +36,8 @@ from pipeline import config, reference  # noqa: E402
 from pipeline.phases.stages import load_targets  # noqa: E402
 from pipeline.probes.load import run_closed_loop, run_open_loop  # noqa: E402
 from pipeline.runtime.base import LaunchSpec  # noqa: E402
-from pipeline.runtime.remote import RemoteOptions, RemoteRuntime  # noqa: E402
+from pipeline.runtime.remote import RemoteRuntime  # noqa: E402
+from pipeline.runtime.remote_instance import RemoteOptions  # noqa: E402
 from pipeline.waiting import poll  # noqa: E402
 
 

@@ -27,7 +27,8 @@ from pipeline import config, receipts
 from pipeline.errors import PipelineError
 from pipeline.phases.week3 import run_week3
 from pipeline.release import sha256_file
-from pipeline.runtime.remote import RemoteRuntime, tree_usage
+from pipeline.runtime.remote import RemoteRuntime
+from pipeline.runtime.remote_instance import tree_usage
 from pipeline.ssh.connection import Target
 from pipeline.waiting import poll
 
