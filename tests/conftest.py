@@ -78,6 +78,25 @@ COMPONENT_MODULES = {
 COMPONENTS = ("release", "gvisor", "sshd", "emulator", "chromium")
 
 
+@pytest.fixture(autouse=True)
+def _signal_handlers_as_found():
+    """Each test leaves SIGINT, SIGTERM and SIGHUP as it found them: a handler left behind
+    would change how a later test's Ctrl-C behaves. One that was left is put back and named in
+    the warnings summary."""
+    import signal
+    import warnings
+
+    ours = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    before = {sig: signal.getsignal(sig) for sig in ours}
+    yield
+    for sig, handler in before.items():
+        if signal.getsignal(sig) is not handler:
+            warnings.warn(
+                f"{sig.name} handler left changed: {signal.getsignal(sig)!r}", stacklevel=1
+            )
+            signal.signal(sig, handler)
+
+
 def pytest_collection_modifyitems(config, items):
     rank = {unit: n for n, unit in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(_unit(item.nodeid), len(rank)))
