@@ -142,3 +142,21 @@ def test_a_run_killed_anywhere_leaves_nothing_and_its_receipts_tell(
     assert verified.ok and verified.sealed, verified.describe()
     verdict = gates.check(out, config.load_env("local").gate_spec(phase))
     assert not verdict.passed and why in (verdict.reason or ""), verdict.reason
+
+
+def test_a_child_whose_parent_died_before_its_death_notice_was_armed_never_starts(tmp_path):
+    """`dies_with_us`: the kernel's death notice is armed in the child, after the fork; a parent
+    killed in between would leave the release running for good. The child checks, notice armed,
+    that its parent is still the one that started it: here another process starts it (as init
+    would inherit it), so it exits 1 without running the command."""
+    from pipeline.runtime.process import dies_with_us
+
+    marker = tmp_path / "ran"
+    argv = dies_with_us(["/bin/sh", "-c", f"touch {marker}"], "KILL")
+    other = subprocess.run(
+        ["/bin/sh", "-c", '"$@"; echo "status $?"', "sh", *argv],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert other.stdout.strip() == "status 1" and not marker.exists()
+    mine = subprocess.run(argv, timeout=30)  # started by us: it runs
+    assert mine.returncode == 0 and marker.exists()

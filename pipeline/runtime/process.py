@@ -40,7 +40,11 @@ def dies_with_us(argv: list[str], signame: str = "TERM") -> list[str]:
     setpriv = shutil.which("setpriv")
     if setpriv is None or threading.current_thread() is not threading.main_thread():
         return argv
-    return [setpriv, "--pdeathsig", signame, "--", *argv]
+    # We may die between the fork and setpriv's prctl: the notice is then never sent. So, with
+    # the notice armed, the child checks that its parent is still us before it execs (a chaos
+    # trial killed invoke at exactly that moment and the release lived on).
+    guard = f'[ "$PPID" = {os.getpid()} ] || exit 1; exec "$@"'
+    return [setpriv, "--pdeathsig", signame, "--", "/bin/sh", "-c", guard, "sh", *argv]
 
 
 def exit_status(returncode: int) -> int:
