@@ -284,6 +284,13 @@ class Cgroup:
                 files[f"{controller}/{name}"] = (self.path(controller) / name).read_text()
         return reading_of(files)
 
+    def usage_bytes(self) -> int | None:
+        """memory.usage_in_bytes alone: the monitor's sample, read every interval."""
+        try:
+            return int((self.path("memory") / "memory.usage_in_bytes").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
     def existing(self) -> list[Path]:
         return sorted(p for p in self.root.glob(f"*/{self.name}") if p.is_dir())
 
@@ -549,7 +556,7 @@ class GvisorInstance:
 
     def stats(self) -> Stats:
         """Memory from the cgroup; CPU % of one core from `runsc events --stats` deltas."""
-        usage = self.sandbox.cgroup.read().memory_usage_bytes or 0
+        usage = self.sandbox.cgroup.usage_bytes() or 0
         percent = 0.0
         data = self.runsc.stats(self.id) if self.alive() else None
         total = None
