@@ -1,8 +1,9 @@
 """One SSH connection to a host: the target (user@host:port), host keys checked against a
 known_hosts file (new ones only with consent), key or agent authentication, and commands with
-bounded waits — a persistent shell for short ones (it saves a channel open per command; no
-bench has weighed it against fabric's channel per command yet), a channel of its own for long
-ones."""
+bounded waits — a persistent shell for short ones, a channel of its own for long ones.
+bench/bench_ssh_commands.py weighed the shell against a channel per command on a local sshd:
+2.5 ms against 95 ms per command (fabric's `run` 109 ms, OpenSSH multiplexed sessions 121 ms),
+so the remote monitor's samples and the runsc calls stay on the shell."""
 
 from __future__ import annotations
 
