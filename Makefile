@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INVOKE := $(VENV)/bin/invoke
 DEB_PACKAGES := erlang-base erlang-inets erlang-crypto erlang-dev runsc wrk openssh-server chromium \
-	gcc libc6-dev libssl-dev stress-ng
+	gcc libc6-dev libssl-dev stress-ng docker-registry skopeo busybox-static ca-certificates apache2-utils
 
 .PHONY: setup deb demo test lint bench clean
 

@@ -165,6 +165,15 @@ class RemoteSettings(Strict):
     keepalive_s: float = Field(5.0, ge=0)  # SSH keepalive interval (0: off)
 
 
+class ImageSettings(Strict):
+    """OCI images of the release (owned by pipeline/image/ and phases/image.py)."""
+
+    ref: str | None = None  # where image.build pushes: REGISTRY/REPO:TAG, {name} {version} filled
+    uid: int = Field(65532, gt=0)  # the runtime user: never root
+    port: int = Field(8080, gt=0, le=65535)  # PORT's default in the image (Cloud Run's)
+    registry_port: int = Field(5000, gt=0, le=65535)  # `invoke registry.start`'s default port
+
+
 class PhaseSettings(Strict):
     load_profile: str | None = None
     gate: str | None = None  # the [gates.X] table this phase is judged by; default: its own name
@@ -186,6 +195,7 @@ class Env(Strict):
     cloudrun: CloudRunSettings = CloudRunSettings()
     emulator: EmulatorSettings = EmulatorSettings()
     remote: RemoteSettings = RemoteSettings()
+    image: ImageSettings = ImageSettings()
     gates: dict[str, dict[str, list[str]]] = {}
     sources: dict[str, str] = {}  # dotted key → the file that set it (for error messages)
 

@@ -77,6 +77,17 @@ _DECLARED: dict[str, tuple[str, str, str]] = {
         "release_shutdown:obj? memory_peak_mb:num? removed:bool leftovers:list pid:int url:str "
         "stopped:str",
     ),
+    "image": (
+        "an OCI image built from the release",
+        "digest:str layout:str layers:list size_bytes:int tarball_bytes:int closure:list "
+        "entrypoint:list user:str annotations:obj seconds:num",
+        "left_out:obj",
+    ),
+    "push": (
+        "an image pushed to a registry",
+        "ref:str digest:str uploaded:int skipped:int bytes_sent:int seconds:num",
+        "",
+    ),
     "capture": ("the release's own stdout receipts", "count:int kinds:obj invalid_lines:int", ""),
     "error": ("what went wrong, once", "reason:str", "log_tail:list signal:str"),
     "operation": (

@@ -162,3 +162,25 @@ def _relative(path: Any) -> str:
         return str(Path(path).resolve().relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def render_image(console: Console, facts: dict[str, Any]) -> None:
+    """image.inspect: the digest, the release it holds, its layers and how it starts."""
+    release = facts["release"]
+    config = facts["config"]
+    console.print(f"[bold]{facts['source']}[/bold]")
+    console.print(f"digest   {facts['digest']}")
+    held = f"{release['name']} {release['version']}" if release["name"] else "not a TAIEA release"
+    console.print(f"release  {held}  (tarball sha256 {release['sha256'] or '?'})")
+    console.print(
+        f"platform {config['platform']}, user {config['user']}, ports {config['exposed_ports']}"
+    )
+    console.print(f"starts   {' '.join([*(config['entrypoint'] or []), *(config['cmd'] or [])])}")
+    table = Table(title=f"layers ({facts['size_bytes'] / 2**20:.1f} MiB)", title_justify="left")
+    table.add_column("digest")
+    table.add_column("size", justify="right")
+    for layer in facts["layers"]:
+        table.add_row(layer["digest"], f"{layer['size'] / 2**20:.2f} MiB")
+    console.print(table)
+    for item in config["env"]:
+        console.print(f"env      {item}", highlight=False)

@@ -25,6 +25,7 @@ SANDBOX_MODULES = {
     "test_demo.py",
     "test_emulator_lifecycle.py",
     "test_gvisor.py",
+    "test_image_sandbox.py",
     "test_phase2_all.py",
     "test_remote.py",
     "test_remote_week2.py",
@@ -66,6 +67,8 @@ COMPONENT_FIXTURES = {
     "start_emulator": "emulator",
     "shared_emulator": "emulator",
     "chromium": "chromium",
+    "registry": "registry",
+    "registry_factory": "registry",
 }
 COMPONENT_MODULES = {
     "test_week5.py": ("emulator",),
@@ -75,7 +78,7 @@ COMPONENT_MODULES = {
     "test_week2.py": ("gvisor",),
     "test_remote_week2.py": ("gvisor", "sshd"),
 }
-COMPONENTS = ("release", "gvisor", "sshd", "emulator", "chromium")
+COMPONENTS = ("release", "gvisor", "sshd", "emulator", "chromium", "registry")
 
 
 @pytest.fixture(autouse=True)

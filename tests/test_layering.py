@@ -35,7 +35,7 @@ ABOVE_BASE = {
 FLOORS = (
     {"tasks"},
     {"phases"},
-    {"probes", "runtime", "ssh", "cloudrun", "reporting", "views", "emulator"},
+    {"probes", "runtime", "ssh", "cloudrun", "reporting", "views", "emulator", "image"},
 )
 EMULATOR_MAY_USE = {"runtime", "config", "errors", "receipts", "release", "stats", "waiting"}
 BASE = ("receipts", "gates", "config", "release", "errors")

@@ -25,6 +25,18 @@ _WILDCARDS = frozenset({"0.0.0.0", "::"})  # the bind-all addresses (named here,
 
 
 @dataclass(frozen=True)
+class ImageRoot:
+    """A container image unpacked for a run: its root filesystem and how its config starts it."""
+
+    rootfs: Path
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    uid: int
+    gid: int
+    cwd: str = "/"
+
+
+@dataclass(frozen=True)
 class LaunchSpec:
     """What to start: the extracted release root, its name, and the start environment."""
 
@@ -38,6 +50,7 @@ class LaunchSpec:
     poll_interval_s: float = 0.05
     run_id: str = "adhoc"
     tarball: Path | None = None  # the release's tarball (the remote runtime uploads it)
+    image: ImageRoot | None = None  # run this image's root filesystem instead (gvisor only)
 
     @property
     def reach_host(self) -> str:

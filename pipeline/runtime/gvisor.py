@@ -39,7 +39,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -140,8 +140,12 @@ def oci_config(
     args: list[str],
     env: dict[str, str],
     release_root: Path | None,
+    rootfs: Path | None = None,
+    cwd: str = SANDBOX_TMP,
 ) -> dict[str, Any]:
-    """The bundle's config.json (OCI runtime spec 1.0.2), as in notes/gvisor.md."""
+    """The bundle's config.json (OCI runtime spec 1.0.2), as in notes/gvisor.md. With `rootfs`
+    (an unpacked image) that is the sandbox's root and nothing of the host is mounted; without,
+    the host's root, read-only, with the release bind-mounted."""
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
         {
@@ -167,10 +171,10 @@ def oci_config(
             "user": {"uid": limits.uid, "gid": limits.gid},
             "args": args,
             "env": [f"{k}={v}" for k, v in env.items()],
-            "cwd": SANDBOX_TMP,
+            "cwd": cwd,
             "noNewPrivileges": True,
         },
-        "root": {"path": "/", "readonly": True},
+        "root": {"path": str(rootfs) if rootfs is not None else "/", "readonly": True},
         "hostname": "sandbox",
         "mounts": mounts,
         "linux": {
@@ -700,9 +704,7 @@ class GvisorRuntime:
         port = spec.port or free_port(spec.host)
         sandbox = Sandbox(self.runsc, self.limits, container_id(spec.run_id))
         try:
-            args = [f"{self.limits.mount_point.rstrip('/')}/bin/{spec.name}", "foreground"]
-            env = self.sandbox_env(spec.env, port, spec.host)
-            sandbox.write_config(oci_config(self.limits, sandbox.id, args, env, spec.root))
+            sandbox.write_config(self._config(spec, sandbox.id, port))
             started_at = time.monotonic()
             proc = subprocess.Popen(
                 # runsc passes the SIGTERM on to the release when we die
@@ -719,6 +721,16 @@ class GvisorRuntime:
             sandbox.remove()
             raise
         return GvisorInstance(spec, port, sandbox, proc, started_at)
+
+    def _config(self, spec: LaunchSpec, cid: str, port: int) -> dict[str, Any]:
+        env = self.sandbox_env(spec.env, port, spec.host)
+        image = spec.image
+        if image is None:
+            args = [f"{self.limits.mount_point.rstrip('/')}/bin/{spec.name}", "foreground"]
+            return oci_config(self.limits, cid, args, env, spec.root)
+        limits = replace(self.limits, uid=image.uid, gid=image.gid)  # the image's user
+        env = {**image.env, **env}
+        return oci_config(limits, cid, list(image.argv), env, None, image.rootfs, image.cwd)
 
     def probe(self, run_id: str, timeout: float = 15.0) -> ProbeReport:
         """Run a sandbox with the limits and a shell instead of the release: it reports what it

@@ -1,0 +1,1 @@
+"""OCI images of OTP releases: build, lay out, push and pull; the registry server."""

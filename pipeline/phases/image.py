@@ -1,0 +1,224 @@
+"""`image.build`: the release tarball becomes an OCI image, proven to run as Cloud Run would run
+it, then pushed.
+
+Stages: validate, extract (as every phase), image (two reproducible layers and the config, in
+an image layout beside the receipts: `runs/<run-id>/image/`), unpack (the image's root
+filesystem), start (under gVisor with that root and nothing of the host mounted, PORT set),
+smoke (the five tests over its port), stop, push (only when everything before passed and a
+reference is given). Judged by `[gates.image]`: an image that does not start is not pushed,
+and the release's output is in the `error` receipt.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from pipeline import release as releases
+from pipeline.config import Env
+from pipeline.errors import PipelineError
+from pipeline.image import build, elf, layers, oci, registry
+from pipeline.phases.base import PhaseResult, PhaseRun, StageFailed, View
+from pipeline.phases.frame import run_phase_frame
+from pipeline.phases.live import LiveRelease
+from pipeline.phases.stages import run_smoke_stage
+from pipeline.runtime.base import ImageRoot, LaunchSpec
+
+
+def target_ref(env: Env, tag: str | None, info: releases.ReleaseInfo) -> oci.Reference | None:
+    """Where to push: `--tag`, else the env's `[image] ref`, with {name} and {version} filled."""
+    text = tag or env.image.ref
+    if not text:
+        return None
+    return oci.Reference.parse(text.format(name=info.name, version=info.version))
+
+
+def image_root(layout: oci.Layout, tag: str, rootfs: Path) -> ImageRoot:
+    """How the image at `tag` in `layout` starts, once unpacked into `rootfs`."""
+    _, manifest = layout.manifest(tag)
+    config = layout.read_json(manifest["config"]["digest"]).get("config", {})
+    user = str(config.get("User") or "0")
+    uid, _, gid = user.partition(":")
+    try:
+        ids = int(uid), int(gid or uid)
+    except ValueError:
+        raise PipelineError(f"image user {user!r}: only numeric uid[:gid] is supported") from None
+    argv = [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]
+    if not argv:
+        raise PipelineError("the image has no Entrypoint or Cmd: nothing to start")
+    env = dict(item.split("=", 1) for item in config.get("Env") or [] if "=" in item)
+    return ImageRoot(rootfs, tuple(argv), env, ids[0], ids[1], config.get("WorkingDir") or "/")
+
+
+class ImageRuntime:
+    """gVisor, starting the unpacked image instead of the extracted release: its own root, its
+    entrypoint, its user and environment (HTTP_HOST kept on loopback, PORT the run's)."""
+
+    name = "gvisor"
+
+    def __init__(self, gvisor: Any):
+        self.gvisor = gvisor
+        self.image: ImageRoot | None = None
+
+    def start(self, spec: LaunchSpec) -> Any:
+        assert self.image is not None, "unpack the image before starting it"
+        return self.gvisor.start(replace(spec, image=self.image, env={"HTTP_HOST": spec.host}))
+
+
+class ImagePlay:
+    on_interrupt = "the image's sandbox was stopped; nothing was pushed"
+
+    def __init__(
+        self,
+        run: PhaseRun,
+        live: LiveRelease,
+        info: releases.ReleaseInfo,
+        runtime: ImageRuntime,
+        ref: oci.Reference | None,
+        edit_closure: Callable[[elf.Closure], elf.Closure] | None,
+    ):
+        self.run, self.live, self.info, self.runtime = run, live, info, runtime
+        self.ref = ref
+        self.edit_closure = edit_closure
+        self.layout_dir = run.path.parent / "image"
+        self.tag = ref.tag if ref and ref.tag else info.version
+
+    def stages(self) -> None:
+        live, run = self.live, self.run
+        live.validate(self.info)
+        built = self.assemble() if live.extract(self.info) else None
+        if built is not None and self.unpack() and live.start():
+            assert live.instance is not None
+            run_smoke_stage(run, live.instance.url)
+        else:
+            run.skip("smoke", "the image did not start")
+        live.stop()
+        if self.ref is None:
+            return
+        if run.failed_stages or built is None:
+            run.skip("push", "the image did not pass: nothing pushed")
+            return
+        self.push(built)
+
+    def assemble(self) -> build.Built | None:
+        assert self.live.release is not None
+        built = None
+        with self.run.stage("image") as stage:
+            began = time.monotonic()
+            release = self.live.release
+            host = build.Host.find()
+            left_out = build.never_run(release)
+            closure = elf.closure(release.root, host.root, frozenset(left_out))
+            if self.edit_closure is not None:
+                closure = self.edit_closure(closure)
+            recipe = build.Recipe(
+                release,
+                env={"TAIEA_ENV": self.run.env.start.taiea_env},
+                port=self.run.env.image.port,
+                uid=self.run.env.image.uid,
+                source=self.info.path.name,
+            )
+            built = build.build(recipe, self.layout_dir, tag=self.tag, host=host, closure=closure)
+            config = built.config["config"]
+            self.run.write(
+                "image",
+                "image",
+                digest=built.digest,
+                layout=str(built.layout),
+                layers=[
+                    {"digest": layer.digest, "size": layer.size, "diff_id": layer.diff_id}
+                    for layer in built.layers
+                ],
+                size_bytes=built.size,
+                tarball_bytes=self.info.size_bytes,
+                closure=list(built.closure),
+                left_out=left_out,
+                entrypoint=config["Entrypoint"],
+                user=config["User"],
+                annotations=built.manifest["annotations"],
+                seconds=round(time.monotonic() - began, 4),
+            )
+            self.run.facts.update(image_digest=built.digest, image_layout=str(built.layout))
+            ratio = built.size / max(1, self.info.size_bytes)
+            stage.note = (
+                f"{built.digest[:19]}…, {built.size / 2**20:.1f} MiB ({ratio:.2f}× the tarball)"
+            )
+        return built
+
+    def unpack(self) -> bool:
+        with self.run.stage("unpack") as stage:
+            layout = oci.Layout.open(self.layout_dir)
+            _, manifest = layout.manifest(self.tag)
+            rootfs = self.live.workdir / "rootfs"
+            layers.unpack([layout.blob(d["digest"]) for d in manifest["layers"]], rootfs)
+            self.runtime.image = image_root(layout, self.tag, rootfs)
+            stage.note = f"{len(manifest['layers'])} layers into its own root filesystem"
+        return self.runtime.image is not None
+
+    def push(self, built: build.Built) -> None:
+        assert self.ref is not None
+        ref = self.ref
+        with self.run.stage("push") as stage:
+            began = time.monotonic()
+            client = registry.Registry(ref.registry, registry.credentials_for(ref.registry))
+            try:
+                report = client.push(oci.Layout.open(built.layout), self.tag, ref)
+            except registry.RegistryError as exc:
+                raise StageFailed(f"push to {ref} failed: {exc}") from None
+            self.run.write(
+                "push",
+                "push",
+                ref=str(ref),
+                digest=report.digest,
+                uploaded=len(report.uploaded),
+                skipped=len(report.skipped),
+                bytes_sent=report.bytes_sent,
+                seconds=round(time.monotonic() - began, 4),
+            )
+            self.run.facts["image_ref"] = report.reference
+            stage.note = (
+                f"{report.reference} ({len(report.uploaded)} blobs sent, "
+                f"{len(report.skipped)} already there)"
+            )
+
+    def cleanup(self) -> None:
+        self.live.cleanup()
+
+
+def run_image_build(
+    tarball: str | Path,
+    env: Env,
+    *,
+    tag: str | None = None,
+    receipts: str | Path | None = None,
+    view: View | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    edit_closure: Callable[[elf.Closure], elf.Closure] | None = None,
+) -> PhaseResult:
+    """Build, prove and (with a reference) push the image of `tarball`. Bad input (not a
+    release, a bad reference, no runsc or busybox) is a PipelineError before any receipt."""
+    from pipeline.runtime.gvisor import GvisorRuntime, check_host
+
+    tarball = Path(tarball)
+    info = releases.inspect(tarball)
+    ref = target_ref(env, tag, info)
+    build.Host.find()
+    runsc = check_host(env.sandbox.runsc, str(env.path))
+    runtime = ImageRuntime(GvisorRuntime(env.sandbox, runsc))
+    return run_phase_frame(
+        "image",
+        tarball,
+        env,
+        env.gate_spec("image"),
+        lambda run, live: ImagePlay(run, live, info, runtime, ref, edit_closure),
+        info=info,
+        runtime=runtime,
+        port=0,
+        receipts=receipts,
+        view=view,
+        on_record=on_record,
+        begin={"target": str(ref) if ref else ""},
+    )
