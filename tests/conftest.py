@@ -67,7 +67,7 @@ COMPONENT_FIXTURES = {
     "start_emulator": "emulator",
     "shared_emulator": "emulator",
     "chromium": "chromium",
-    "registry": "registry",
+    "local_registry": "registry",
     "registry_factory": "registry",
 }
 COMPONENT_MODULES = {

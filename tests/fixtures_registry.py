@@ -1,7 +1,7 @@
 """pytest plugin: a real OCI registry (Debian's docker-registry) on 127.0.0.1, for the image tests.
 
 Fixtures:
-- ``registry`` (module): one open registry for a test module; its ``address`` is host:port.
+- ``local_registry`` (module): one open registry for a test module; its ``address`` is host:port.
 - ``registry_factory`` (function): ``(auth=False) -> RegistryUnderTest``, a fresh one per call;
   with ``auth`` it asks for Basic credentials (an htpasswd file made with Debian's
   apache2-utils), given in ``user``/``password``. Every registry started is stopped at teardown.
@@ -53,7 +53,7 @@ def start_registry(state_dir: Path, auth: bool = False) -> RegistryUnderTest:
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryUnderTest]:
+def local_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryUnderTest]:
     started = start_registry(tmp_path_factory.mktemp("registry"))
     yield started
     started.running.stop()

@@ -275,8 +275,8 @@ def test_an_image_runs_from_its_own_root_with_nothing_of_the_host_mounted(tmp_pa
 # ------------------------------------------------------------------------------ the registry
 
 
-def test_push_then_pull_round_trips_and_never_uploads_a_blob_twice(built, registry, tmp_path):
-    ref = oci.Reference.parse(f"{registry.address}/taiea/tai_autonomics:1.0.0")
+def test_push_then_pull_round_trips_and_never_uploads_a_blob_twice(built, local_registry, tmp_path):
+    ref = oci.Reference.parse(f"{local_registry.address}/taiea/tai_autonomics:1.0.0")
     client = registry_client(ref)
     first = client.push(oci.Layout.open(built.layout), "1.0.0", ref)
     assert first.digest == built.digest
@@ -313,8 +313,8 @@ def tree_of(root: Path) -> dict[str, tuple[str, int]]:
     return out
 
 
-def test_unknown_images_and_unreachable_registries_are_named(registry, tmp_path):
-    missing = oci.Reference.parse(f"{registry.address}/taiea/nothing:9.9.9")
+def test_unknown_images_and_unreachable_registries_are_named(local_registry, tmp_path):
+    missing = oci.Reference.parse(f"{local_registry.address}/taiea/nothing:9.9.9")
     with pytest.raises(PipelineError, match=r"Image '.*nothing:9.9.9' not found"):
         registry_module_pull(missing, oci.Layout.create(tmp_path / "l"))
     from pipeline.runtime.process import free_port
@@ -356,8 +356,8 @@ def test_google_registries_use_application_default_credentials(monkeypatch, tmp_
 # ------------------------------------------------------------------------------ the tasks
 
 
-def test_inspect_shows_digest_release_and_layers(built, registry):
-    ref = f"{registry.address}/taiea/inspected:1.0.0"
+def test_inspect_shows_digest_release_and_layers(built, local_registry):
+    ref = f"{local_registry.address}/taiea/inspected:1.0.0"
     registry_client(oci.Reference.parse(ref)).push(
         oci.Layout.open(built.layout), "1.0.0", oci.Reference.parse(ref)
     )

@@ -27,9 +27,9 @@ def of_kind(path: Path, kind: str) -> list[dict]:
 
 
 def test_image_build_proves_the_image_under_gvisor_then_pushes_it(
-    reference_tarball, registry, tmp_path
+    reference_tarball, local_registry, tmp_path
 ):
-    target = f"{registry.address}/taiea/{{name}}:{{version}}"
+    target = f"{local_registry.address}/taiea/{{name}}:{{version}}"
     done = subprocess.run(
         [
             sys.executable,
@@ -55,7 +55,7 @@ def test_image_build_proves_the_image_under_gvisor_then_pushes_it(
     (startup,) = of_kind(path, "startup")
     assert startup["runtime"] == "gvisor"
     assert pushed["digest"] == image["digest"]
-    assert pushed["ref"] == f"{registry.address}/taiea/tai_autonomics:1.0.0"
+    assert pushed["ref"] == f"{local_registry.address}/taiea/tai_autonomics:1.0.0"
     assert sum(r["passed"] for r in of_kind(path, "receipt")) == 5
     ref = oci.Reference.parse(pushed["ref"])
     digest, *_ = _client(ref).resolve(ref)
@@ -68,10 +68,10 @@ def _client(ref: oci.Reference) -> Registry:
 
 
 def test_an_image_missing_a_library_does_not_start_names_it_and_is_not_pushed(
-    reference_tarball, registry, tmp_path, monkeypatch
+    reference_tarball, local_registry, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("PIPELINE_RUNS_DIR", str(tmp_path / "runs"))
-    target = f"{registry.address}/taiea/broken:1.0.0"
+    target = f"{local_registry.address}/taiea/broken:1.0.0"
     result = run_image_build(
         reference_tarball(),
         config.load_env("local"),
@@ -92,3 +92,33 @@ def test_an_image_missing_a_library_does_not_start_names_it_and_is_not_pushed(
     with pytest.raises(PipelineError, match="not found"):
         _client(oci.Reference.parse(target)).resolve(oci.Reference.parse(target))
     assert json.loads(Path(result.receipts).read_text().splitlines()[-1])["kind"] == "seal"
+
+
+def test_the_emulator_on_gvisor_runs_a_registry_image_as_its_container(
+    reference_tarball, local_registry, start_emulator, tmp_path
+):
+    from fixtures_emulator import PARENT, get
+    from fixtures_gvisor import runsc_ids
+    from google.cloud import run_v2
+
+    from pipeline import release
+    from pipeline.image import build
+
+    extracted = release.extract(reference_tarball(), tmp_path / "release")
+    built = build.build(build.Recipe(extracted), tmp_path / "layout", tag="1.0.0")
+    ref = oci.Reference.parse(f"{local_registry.address}/taiea/tai_autonomics:1.0.0")
+    _client(ref).push(oci.Layout.open(built.layout), "1.0.0", ref)
+    before = set(runsc_ids())
+    emulator = start_emulator(settings={"runtime": "gvisor"})
+    service = run_v2.Service(
+        template=run_v2.RevisionTemplate(containers=[run_v2.Container(image=str(ref))])
+    )
+    svc = (
+        emulator.services()
+        .create_service(parent=PARENT, service_id="contained", service=service)
+        .result(timeout=120, polling=emulator.POLL)
+    )
+    assert get(svc.uri)[0] == 200
+    assert set(runsc_ids()) - before, "the instance runs in a gVisor sandbox"
+    revision = emulator.revisions().get_revision(name=svc.latest_ready_revision)
+    assert revision.containers[0].image == ref.pinned(built.digest)

@@ -37,7 +37,16 @@ FLOORS = (
     {"phases"},
     {"probes", "runtime", "ssh", "cloudrun", "reporting", "views", "emulator", "image"},
 )
-EMULATOR_MAY_USE = {"runtime", "config", "errors", "receipts", "release", "stats", "waiting"}
+EMULATOR_MAY_USE = {
+    "runtime",
+    "image",
+    "config",
+    "errors",
+    "receipts",
+    "release",
+    "stats",
+    "waiting",
+}
 BASE = ("receipts", "gates", "config", "release", "errors")
 LAZY = ("google", "grpc")
 

@@ -219,7 +219,14 @@ class RevisionRuntime:
             }
         )
         start = dp.env.start
+        image = self.plan.image
+        extra: dict[str, Any] = {}
+        if image.rootfs:  # the gvisor runtime runs the image's root; the process one its release
+            facts = image.start_facts()
+            extra["image"] = {k: facts[k] for k in ("argv", "env", "uid", "gid", "cwd")}
+            extra["image"]["rootfs"] = image.rootfs
         return {
+            **extra,
             "root": str(release.root),
             "name": release.info.name,
             "env": env,
@@ -493,6 +500,10 @@ class DataPlane:
     async def release_for(self, plan: RevisionPlan) -> Any:
         from pipeline import release as releases
 
+        if plan.image.rootfs:  # a registry image: its release is already unpacked
+            from pipeline.emulator.images import ImageRelease
+
+            return await self.blocking(ImageRelease.of, plan.image)
         sha = plan.image.sha256
         if sha in self.releases:
             return self.releases[sha]

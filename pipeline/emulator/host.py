@@ -71,12 +71,22 @@ class Host:
             self.send({"id": rid, "ok": True, "result": result})
 
     def run(self, request: dict[str, Any]) -> Any:
-        from pipeline.runtime.base import LaunchSpec, StartupFailed
+        from pipeline.runtime.base import ImageRoot, LaunchSpec, StartupFailed
 
         op = request.get("op")
         if op == "start":
             spec = dict(request["spec"])
             spec["root"] = Path(spec["root"])
+            if spec.get("image"):
+                image = dict(spec["image"])
+                spec["image"] = ImageRoot(
+                    rootfs=Path(image["rootfs"]),
+                    argv=tuple(image["argv"]),
+                    env=dict(image["env"]),
+                    uid=int(image["uid"]),
+                    gid=int(image["gid"]),
+                    cwd=str(image["cwd"]),
+                )
             instance = self.runtime.start(LaunchSpec(**spec))
             iid = f"i{next(self.ids)}"
             with self.lock:

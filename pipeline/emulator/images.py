@@ -1,10 +1,19 @@
-"""Container images name releases: `file:///abs/path/to/release.tar.gz`, or a name that the env
-file maps to a tarball (`[emulator] images`). Anything else names no release: 400.
+"""Container images name releases: `file:///abs/path/to/release.tar.gz`, a name that the env
+file maps to a tarball (`[emulator] images`), or an OCI image in a registry
+(`127.0.0.1:5000/taiea/tai_autonomics:1.0.0`, as Cloud Run takes them). Anything else: 400.
+
+A registry image is resolved to its digest when a revision is made, pulled and unpacked once
+per digest under `<state>/images/` (blobs in an OCI layout, root filesystems beside it, each
+with a `.json` saying how it starts); the revision keeps the pinned `…@sha256:` reference, so a
+tag moved later changes nothing that runs. An image the registry does not have is Cloud Run's
+"Image '…' not found."
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -21,17 +30,48 @@ class Image:
     """A container image resolved to a release tarball."""
 
     ref: str
-    tarball: str
-    sha256: str
+    tarball: str  # "" for a registry image
+    sha256: str  # the release tarball's
     name: str
     version: str
+    digest: str = ""  # a registry image's manifest digest
+    pinned: str = ""  # REGISTRY/REPO@sha256:…, what the revision runs
+    rootfs: str = ""  # where it is unpacked (beside it, `<rootfs>.json`: how it starts)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Image:
-        return cls(**{k: str(data[k]) for k in ("ref", "tarball", "sha256", "name", "version")})
+        keys = ("ref", "tarball", "sha256", "name", "version", "digest", "pinned", "rootfs")
+        return cls(**{k: str(data[k]) for k in keys if k in data})
+
+    def start_facts(self) -> dict[str, Any]:
+        """How an unpacked registry image starts: argv, env, uid, gid, cwd (ImageRoot's)."""
+        return dict(json.loads(Path(self.rootfs + ".json").read_text()))
+
+
+@dataclass(frozen=True)
+class ReleaseName:
+    name: str
+
+
+@dataclass(frozen=True)
+class ImageRelease:
+    """The release inside an unpacked registry image, as the data plane launches it."""
+
+    root: Path
+    info: ReleaseName
+
+    @classmethod
+    def of(cls, image: Image) -> ImageRelease:
+        facts = image.start_facts()
+        return cls(Path(facts["release_root"]), ReleaseName(facts["name"]))
+
+
+def is_registry_ref(ref: str) -> bool:
+    first, _, rest = ref.partition("/")
+    return bool(rest) and ("." in first or ":" in first or first == "localhost")
 
 
 def tarball_of(ref: str, mapping: Mapping[str, str], where: str) -> Path:
@@ -51,7 +91,8 @@ def tarball_of(ref: str, mapping: Mapping[str, str], where: str) -> Path:
     known = ", ".join(sorted(mapping)) or "none"
     raise invalid(
         f"{where}: image {ref!r} names no release: use file:///abs/path/to/release.tar.gz "
-        f"or a name mapped in [emulator] images (mapped: {known})"
+        f"or a name mapped in [emulator] images (mapped: {known}), or a registry image "
+        "REGISTRY/REPO:TAG"
     )
 
 
@@ -61,16 +102,87 @@ class ImageResolver:
     `resolve` reads the tarball (headers and hash): call it off the event loop.
     """
 
-    def __init__(self, mapping: Mapping[str, str]):
+    def __init__(self, mapping: Mapping[str, str], cache_dir: Path | None = None):
         self.mapping = dict(mapping)
+        self.cache_dir = cache_dir
         self._cache: dict[tuple[str, int, int], Any] = {}
+        self._pinned: dict[str, Image] = {}  # registry ref → as resolved by the last `pull`
         self._lock = threading.Lock()
 
     def resolve(self, ref: str, where: str = "template.containers[0].image") -> Image:
-        from pipeline import release
-
+        """The image `ref` names. A registry image is taken as the request's `pull` left it
+        (pulled now if it did not run)."""
         if not isinstance(ref, str) or not ref:
             raise invalid(f"{where}: an image is required")
+        if ref not in self.mapping and is_registry_ref(ref):
+            with self._lock:
+                pinned = self._pinned.get(ref)
+            return pinned if pinned is not None else self.pull(ref, where)
+        return self._tarball_image(ref, where)
+
+    def prepare(self, ref: str, where: str) -> Image:
+        """Before a request's control-plane call, off the event loop: a registry tag is
+        resolved to its digest now (and the image pulled); a tarball is inspected."""
+        if isinstance(ref, str) and ref not in self.mapping and is_registry_ref(ref):
+            return self.pull(ref, where)
+        return self.resolve(ref, where)
+
+    def pull(self, ref: str, where: str) -> Image:
+        from pipeline.image import layers, oci, registry
+
+        if self.cache_dir is None:
+            raise invalid(f"{where}: image {ref!r}: this emulator keeps no image cache")
+        try:
+            parsed = oci.Reference.parse(ref)
+        except PipelineError as exc:
+            raise invalid(f"{where}: {exc}") from None
+        layout = oci.Layout.create(self.cache_dir / "layout")
+        try:
+            client = registry.Registry(parsed.registry, registry.credentials_for(parsed.registry))
+            digest = registry.pull(parsed, layout, client)
+        except registry.RegistryError as exc:
+            if str(exc).startswith("Image '"):
+                raise invalid(f"{where}: Image '{ref}' not found.") from None
+            raise invalid(f"{where}: image {ref!r}: {exc}") from None
+        rootfs = self.cache_dir / "rootfs" / digest.removeprefix("sha256:")[:24]
+        _, manifest = layout.manifest(digest)
+        config = layout.read_json(manifest["config"]["digest"])
+        with self._lock:
+            if not Path(str(rootfs) + ".json").is_file():
+                partial = rootfs.with_name(rootfs.name + ".partial")
+                shutil.rmtree(partial, ignore_errors=True)
+                try:
+                    layers.unpack([layout.blob(d["digest"]) for d in manifest["layers"]], partial)
+                except PipelineError as exc:
+                    shutil.rmtree(partial, ignore_errors=True)
+                    raise invalid(f"{where}: image {ref!r}: {exc}") from None
+                shutil.rmtree(rootfs, ignore_errors=True)
+                partial.rename(rootfs)
+                Path(str(rootfs) + ".json").write_text(
+                    json.dumps(_start_facts(config, str(rootfs)))
+                )
+        facts = json.loads(Path(str(rootfs) + ".json").read_text())
+        notes = {
+            **(config.get("config", {}).get("Labels") or {}),
+            **manifest.get("annotations", {}),
+        }
+        image = Image(
+            ref=ref,
+            tarball="",
+            sha256=notes.get("dev.taiea.release.sha256") or digest.removeprefix("sha256:"),
+            name=facts["name"],
+            version=notes.get("org.opencontainers.image.version", ""),
+            digest=digest,
+            pinned=parsed.pinned(digest),
+            rootfs=str(rootfs),
+        )
+        with self._lock:
+            self._pinned[ref] = image
+        return image
+
+    def _tarball_image(self, ref: str, where: str) -> Image:
+        from pipeline import release
+
         path = tarball_of(ref, self.mapping, where)
         try:
             st = path.stat()
@@ -99,8 +211,42 @@ class ImageResolver:
         )
 
 
+def _start_facts(config: Mapping[str, Any], rootfs: str) -> dict[str, Any]:
+    """argv, env, uid, gid and cwd from an image config, and the release's name (from its
+    entrypoint /opt/<name>/bin/<name>)."""
+    runtime = config.get("config") or {}
+    argv = [*(runtime.get("Entrypoint") or []), *(runtime.get("Cmd") or [])]
+    if not argv:
+        raise invalid("the image has no Entrypoint or Cmd: nothing to start")
+    uid, _, gid = str(runtime.get("User") or "0").partition(":")
+    if not uid.isdigit() or (gid and not gid.isdigit()):
+        raise invalid(f"image user {runtime.get('User')!r}: only numeric uid[:gid] is supported")
+    parts = Path(argv[0]).parts
+    name = (
+        parts[2]
+        if len(parts) >= 5 and parts[1] == "opt" and parts[3] == "bin"
+        else Path(argv[0]).name
+    )
+    return {
+        "argv": argv,
+        "env": dict(e.split("=", 1) for e in runtime.get("Env") or [] if "=" in e),
+        "uid": int(uid),
+        "gid": int(gid or uid),
+        "cwd": runtime.get("WorkingDir") or "/",
+        "name": name,
+        "release_root": str(Path(rootfs) / "opt" / name),
+    }
+
+
 def check_readable(image: Image) -> ApiError | None:
-    """Whether a resolved image's tarball is still there (a restart may find it gone)."""
+    """Whether a resolved image's tarball or unpacked root is still there (a restart may find
+    it gone)."""
+    if image.rootfs:
+        return (
+            None
+            if Path(image.rootfs + ".json").is_file()
+            else ApiError("FAILED_PRECONDITION", f"image {image.pinned}: {image.rootfs} is gone")
+        )
     return (
         None
         if os.access(image.tarball, os.R_OK)

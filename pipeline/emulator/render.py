@@ -154,7 +154,7 @@ class Rendering:
             "service": rev.service,
             "maxInstanceRequestConcurrency": concurrency_of(tpl),
             "timeout": tpl.get("timeout", duration(DEFAULT_TIMEOUT_S)),
-            "containers": tpl["containers"],
+            "containers": pinned(tpl["containers"], rev.image.pinned),
             "observedGeneration": "1",
             "etag": self._revision_etag(rev),
         }
@@ -281,3 +281,10 @@ def condition(
     if revision_reason:
         out["revisionReason"] = revision_reason
     return out
+
+
+def pinned(containers: list[dict[str, Any]], reference: str) -> list[dict[str, Any]]:
+    """A revision shows the image it runs by digest, as Cloud Run's revisions do."""
+    if not reference or not containers:
+        return containers
+    return [{**containers[0], "image": reference}, *containers[1:]]

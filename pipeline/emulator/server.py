@@ -285,7 +285,8 @@ class Emulator:
             {
                 name: str(self.env.file_path(f"emulator.images.{name}", tarball))
                 for name, tarball in self.settings.images.items()
-            }
+            },
+            cache_dir=self.state_dir / "images",
         )
         self.resolver = resolver
         self.control = ControlPlane(
@@ -536,7 +537,7 @@ class Emulator:
                     refs.append((c["image"], "template.containers[0].image"))
         loop = asyncio.get_running_loop()
         for ref, where in refs:
-            await loop.run_in_executor(None, self.resolver.resolve, ref, where)
+            await loop.run_in_executor(None, self.resolver.prepare, ref, where)
 
     # ------------------------------------------------------------------ extensions
 
