@@ -118,6 +118,15 @@ def test_make_demo_shows_the_mission_and_exits_0(prebuilt, tmp_path, capsys):
     (third,) = kinds(runs_by_version["1.0.2"], "deploy")
     assert first["first"] is True
     assert second["stable"] == first["revision"] and third["stable"] == second["revision"]
+    # each release went through the demo's registry: built, pushed, deployed by digest
+    for deploy in (first, second, third):
+        assert re.fullmatch(
+            r"127\.0\.0\.1:\d+/taiea/tai_autonomics@sha256:[0-9a-f]{64}", deploy["image"]
+        )
+    assert len({first["image"], second["image"], third["image"]}) == 3
+    assert (
+        "started a local OCI registry at 127.0.0.1:" in out and "stopped the demo's registry" in out
+    )
 
     # 1.0.1: the canary steps under load, scale-out, 1.0.0's revision drained
     upgrade = runs_by_version["1.0.1"]

@@ -297,3 +297,46 @@ def test_injected_503_and_429_are_survived(reference_tarball, cloud):
             ).read()
         assert result.verdict.passed, f"{code}: {result.verdict.summary()}"
         assert seen["injected"] > 0, seen  # the client really met the faults and retried
+
+
+def test_a_registry_image_is_built_once_pushed_and_deployed_by_digest(
+    reference_tarball, cloud, local_registry, tmp_path
+):
+    """[cloudrun] image naming a registry: week 5 builds and pushes this tarball's image when
+    the tag is absent, deploys it by digest (receipts say which), reuses it when it holds this
+    tarball, and refuses a tag holding another release (exit 2, no run opened)."""
+    from pipeline.errors import PipelineError
+    from pipeline.image import oci
+    from pipeline.image.registry import Registry
+
+    env_file = tmp_path / "registry.toml"
+    repo = f"{local_registry.address}/taiea/{{name}}"
+    env_file.write_text(
+        f'extends = "{cloud["env_file"]}"\n[cloudrun]\nimage = "{repo}:{{version}}"\n'
+    )
+    env = config.load_env(env_file)
+    tarball = gates_passed(reference_tarball(version="1.4.0"))
+    result = run_week5(tarball, env)
+    assert result.verdict.passed, result.verdict.summary()
+    first = next(receipts.iter_records(result.receipts))
+    shipped = first["image"]
+    assert shipped["built"] is True and shipped["ref"].endswith("tai_autonomics:1.4.0")
+    (deploy,) = kinds(result.receipts, "deploy")
+    pinned = f"{local_registry.address}/taiea/tai_autonomics@{shipped['digest']}"
+    assert deploy["image"] == pinned
+    ref = oci.Reference.parse(shipped["ref"])
+    digest, manifest, *_ = Registry(ref.registry, None).resolve(ref)
+    assert digest == shipped["digest"]
+    assert manifest["annotations"]["dev.taiea.release.sha256"] == first["release"]["sha256"]
+
+    again = run_week5(tarball, env)  # the tag now holds this tarball: reused, not rebuilt
+    reused = next(receipts.iter_records(again.receipts))["image"]
+    assert reused == {**shipped, "built": False}
+
+    other = tmp_path / "fixed.toml"  # a tag that holds 1.4.0's image, asked to deploy 1.5.0
+    other.write_text(f'extends = "{cloud["env_file"]}"\n[cloudrun]\nimage = "{repo}:1.4.0"\n')
+    newer = gates_passed(reference_tarball(version="1.5.0"))
+    before = set(cloud["runs"].glob("*-week5-*"))
+    with pytest.raises(PipelineError, match=r"holds another release .* push this release"):
+        run_week5(newer, config.load_env(other))
+    assert set(cloud["runs"].glob("*-week5-*")) == before

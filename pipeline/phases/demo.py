@@ -167,7 +167,9 @@ def run_demo(
                 f"built {built[act.version]} (fault {act.fault}) "
                 f"in {time.monotonic() - start:.1f} s"
             )
-        with own_emulator(demo_env, say) as endpoint:
+        with own_registry(say) as registry_address, own_emulator(demo_env, say) as endpoint:
+            demo_env = through_registry(demo_env, registry_address)
+            envs["week5"] = demo_env
             result.endpoint = endpoint
             options: dict[str, dict[str, Any]] = {
                 "week2": {"duration": week_window_s},
@@ -276,6 +278,27 @@ def own_runs_dir(root: Path) -> Iterator[Path]:
             os.environ.pop(RUNS_ENV, None)
         else:
             os.environ[RUNS_ENV] = before
+
+
+@contextlib.contextmanager
+def own_registry(say: Callable[[str], None]) -> Iterator[str]:
+    """A local OCI registry on a free port, its storage in the runs dir, stopped at the end."""
+    from pipeline.image import server
+
+    running = server.start(receipt_log.runs_dir() / "registry", 0)
+    say(f"started a local OCI registry at {running.address}: week 5 deploys images from it")
+    try:
+        yield running.address
+    finally:
+        running.stop()
+        say("stopped the demo's registry")
+
+
+def through_registry(env: Env, address: str) -> Env:
+    """The demo's week 5 env with `[cloudrun] image` in the demo's registry: each release is
+    built into an image, pushed, and deployed by digest."""
+    image = f"{address}/taiea/{{name}}:{{version}}"
+    return env.model_copy(update={"cloudrun": env.cloudrun.model_copy(update={"image": image})})
 
 
 @contextlib.contextmanager

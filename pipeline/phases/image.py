@@ -36,6 +36,17 @@ def target_ref(env: Env, tag: str | None, info: releases.ReleaseInfo) -> oci.Ref
     return oci.Reference.parse(text.format(name=info.name, version=info.version))
 
 
+def recipe_for(env: Env, release: releases.Release, info: releases.ReleaseInfo) -> build.Recipe:
+    """What the env puts in an image: TAIEA_ENV, the runtime user, PORT's default."""
+    return build.Recipe(
+        release,
+        env={"TAIEA_ENV": env.start.taiea_env},
+        port=env.image.port,
+        uid=env.image.uid,
+        source=info.path.name,
+    )
+
+
 def image_root(layout: oci.Layout, tag: str, rootfs: Path) -> ImageRoot:
     """How the image at `tag` in `layout` starts, once unpacked into `rootfs`."""
     _, manifest = layout.manifest(tag)
@@ -114,13 +125,7 @@ class ImagePlay:
             closure = elf.closure(release.root, host.root, frozenset(left_out))
             if self.edit_closure is not None:
                 closure = self.edit_closure(closure)
-            recipe = build.Recipe(
-                release,
-                env={"TAIEA_ENV": self.run.env.start.taiea_env},
-                port=self.run.env.image.port,
-                uid=self.run.env.image.uid,
-                source=self.info.path.name,
-            )
+            recipe = recipe_for(self.run.env, release, self.info)
             built = build.build(recipe, self.layout_dir, tag=self.tag, host=host, closure=closure)
             config = built.config["config"]
             self.run.write(
@@ -222,3 +227,70 @@ def run_image_build(
         on_record=on_record,
         begin={"target": str(ref) if ref else ""},
     )
+
+
+def is_registry_image(image: str) -> bool:
+    """`[cloudrun] image` names a registry image (not `file://…` nor an emulator-mapped name)."""
+    first, _, rest = image.partition("/")
+    return bool(rest) and ("." in first or ":" in first or first == "localhost")
+
+
+def ship(
+    image: str, tarball: Path, info: releases.ReleaseInfo, env: Env, note: Callable[[str], None]
+) -> tuple[str, dict[str, Any]]:
+    """The registry image week 5 deploys, by digest: the one `image` names when its annotations
+    name this very tarball (built earlier by image.build, which proved it under gVisor), else
+    this tarball's image built now and pushed under that name; week 5's tagged no-traffic
+    revision and its smoke tests are then its proof, on the platform itself. A tag holding
+    another release's image is refused: tags are not overwritten under a running rollout."""
+    ref = oci.Reference.parse(image)
+    client = registry.Registry(ref.registry, registry.credentials_for(ref.registry))
+    try:
+        digest, manifest, _, _ = client.resolve(ref)
+    except registry.RegistryError as exc:
+        if not str(exc).startswith("Image '"):
+            raise
+        digest, manifest = _build_and_push(tarball, info, env, ref, client, note), None
+        built = True
+    else:
+        built = False
+    notes = (manifest or {}).get("annotations") or {}
+    if manifest is not None and notes.get(build.RELEASE_SHA256) != info.sha256:
+        held = notes.get(build.RELEASE_SHA256) or "no TAIEA release annotation"
+        raise PipelineError(
+            f"image {ref} holds another release (tarball sha256 {held}), not {info.path.name} "
+            f"(sha256 {info.sha256}): push this release under its own tag "
+            "(invoke image.build --tag …) and name it in [cloudrun] image"
+        )
+    if not built:
+        note(f"image {ref} holds this release: deploying {ref.pinned(digest)}")
+    return ref.pinned(digest), {"ref": str(ref), "digest": digest, "built": built}
+
+
+def _build_and_push(
+    tarball: Path,
+    info: releases.ReleaseInfo,
+    env: Env,
+    ref: oci.Reference,
+    client: registry.Registry,
+    note: Callable[[str], None],
+) -> str:
+    import shutil
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="taiea-image-"))
+    try:
+        extracted = releases.extract(
+            tarball,
+            work / "release",
+            max_files=env.release.max_files,
+            max_bytes=env.release.max_bytes,
+        )
+        recipe = recipe_for(env, extracted, info)
+        tag = ref.tag or info.version
+        built = build.build(recipe, work / "layout", tag=tag)
+        report = client.push(oci.Layout.open(built.layout), tag, ref)
+        note(f"built and pushed {report.reference} ({report.bytes_sent / 2**20:.1f} MiB sent)")
+        return built.digest
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -26,6 +26,7 @@ from pipeline.config import Env
 from pipeline.errors import GateFailed, PipelineError
 from pipeline.gates import GateSpec, parse_gate
 from pipeline.phases.base import PhaseResult, PhaseRun, View
+from pipeline.phases.image import is_registry_image, ship
 from pipeline.phases.rollout_steps import Rollout, drive, image_for
 
 
@@ -118,6 +119,9 @@ def open_rollout(
     info = releases.inspect(Path(tarball))
     preflight_facts = preflight(info.sha256, env, view)  # exit 99 naming what fails: no skipping it
     image = image_for(env, info)
+    shipped: dict[str, Any] = {}
+    if is_registry_image(image):  # deployed by digest, the one holding this tarball
+        image, shipped = ship(image, Path(tarball), info, env, _note(view) or (lambda _: None))
     settings = env.cloudrun
     steps = check_steps(list(settings.canary_steps))
     # the real client against a local endpoint: start the emulator if nothing answers there, only
@@ -136,6 +140,7 @@ def open_rollout(
             endpoint=where or "run.googleapis.com",
             service=settings.service,
             preflight=preflight_facts,
+            **({"image": shipped} if shipped else {}),
             **begin,
         )
         state = fresh(
