@@ -247,9 +247,16 @@ BAD_REQUESTS = [
     (
         "image names no release",
         "image",
-        "us-docker.pkg.dev/p/r/app:1",
+        "tai_autonomics:1",
         "BadRequest",
         "names no release",
+    ),
+    (
+        "image in a registry elsewhere",
+        "image",
+        "us-docker.pkg.dev/p/r/app:1",
+        "BadRequest",
+        "pulls only from a registry on this machine",
     ),
     ("image file missing", "image", "file:///no/such/release.tar.gz", "BadRequest", "no such file"),
     ("image not a release", "image", "file:///etc/hostname", "BadRequest", "not a release tarball"),

@@ -90,6 +90,23 @@ def test_bad_references_are_one_clear_line(text, says):
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("image", "registry_image"),
+    [
+        ("127.0.0.1:5000/taiea/app:1", True),
+        ("us-central1-docker.pkg.dev/p/r/app:1", True),
+        ("localhost/app", True),
+        ("file:///tmp/x/tai_autonomics-1.0.0.tar.gz", False),
+        ("https://example.com/app", False),
+        ("taiea/app:1", False),
+        ("tai_autonomics", False),
+    ],
+    ids=["host-port", "artifact-registry", "localhost", "file-url", "other-url", "no-host", "name"],
+)
+def test_what_names_a_registry_image(image, registry_image):
+    assert oci.names_registry(image) is registry_image
+
+
 # ------------------------------------------------------------------------------ layers
 
 
@@ -397,3 +414,13 @@ def test_registry_tasks_start_status_and_stop_in_the_background(tmp_path):
         stopped = run_cli("registry.stop", "--state-dir", state)
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
     assert '"running": false' in run_cli("registry.status", "--state-dir", state, "--json").stdout
+
+
+def test_a_wrapped_tarball_gives_the_same_release_layer_layout(reference_tarball, tmp_path):
+    wrapped = release.extract(reference_tarball(layout="wrapped"), tmp_path / "release")
+    assert wrapped.info.layout == "wrapped"
+    image = build.build(build.Recipe(wrapped), tmp_path / "layout", tag="1.0.0")
+    names = {m.name for m in members(image.layers[0].path)}
+    assert "opt/tai_autonomics/bin/tai_autonomics" in names
+    assert not any(n.startswith("opt/tai_autonomics/tai_autonomics/") for n in names)
+    assert image.config["config"]["Entrypoint"][0] == "/opt/tai_autonomics/bin/tai_autonomics"

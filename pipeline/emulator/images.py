@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 from pipeline.emulator.wire import ApiError, invalid
 from pipeline.errors import PipelineError
+from pipeline.image.oci import names_registry
 
 
 @dataclass(frozen=True)
@@ -69,11 +70,6 @@ class ImageRelease:
         return cls(Path(facts["release_root"]), ReleaseName(facts["name"]))
 
 
-def is_registry_ref(ref: str) -> bool:
-    first, _, rest = ref.partition("/")
-    return bool(rest) and ("." in first or ":" in first or first == "localhost")
-
-
 def tarball_of(ref: str, mapping: Mapping[str, str], where: str) -> Path:
     """The tarball an image names, or a 400 saying why it names none."""
     if ref in mapping:
@@ -114,7 +110,7 @@ class ImageResolver:
         (pulled now if it did not run)."""
         if not isinstance(ref, str) or not ref:
             raise invalid(f"{where}: an image is required")
-        if ref not in self.mapping and is_registry_ref(ref):
+        if ref not in self.mapping and names_registry(ref):
             with self._lock:
                 pinned = self._pinned.get(ref)
             return pinned if pinned is not None else self.pull(ref, where)
@@ -123,7 +119,7 @@ class ImageResolver:
     def prepare(self, ref: str, where: str) -> Image:
         """Before a request's control-plane call, off the event loop: a registry tag is
         resolved to its digest now (and the image pulled); a tarball is inspected."""
-        if isinstance(ref, str) and ref not in self.mapping and is_registry_ref(ref):
+        if isinstance(ref, str) and ref not in self.mapping and names_registry(ref):
             return self.pull(ref, where)
         return self.resolve(ref, where)
 
@@ -136,6 +132,11 @@ class ImageResolver:
             parsed = oci.Reference.parse(ref)
         except PipelineError as exc:
             raise invalid(f"{where}: {exc}") from None
+        if not registry.is_loopback(parsed.registry):
+            raise invalid(
+                f"{where}: image {ref!r}: the emulator pulls only from a registry on this machine "
+                "(127.0.0.1, localhost): push the image there (invoke registry.start, image.build --tag)"
+            )
         layout = oci.Layout.create(self.cache_dir / "layout")
         try:
             client = registry.Registry(parsed.registry, registry.credentials_for(parsed.registry))

@@ -55,6 +55,15 @@ def descriptor(
 # ------------------------------------------------------------------------------ references
 
 
+def names_registry(image: str) -> bool:
+    """Whether `image` reads as REGISTRY/REPO…: not a URL (`file://…`), and its first
+    component a host (a dot, a port or localhost), as Docker tells a registry from a path."""
+    if "://" in image:
+        return False
+    first, _, rest = image.partition("/")
+    return bool(rest) and ("." in first or ":" in first or first == "localhost")
+
+
 @dataclass(frozen=True)
 class Reference:
     """`registry/repository[:tag][@sha256:…]`, as Docker and OCI tools write it."""

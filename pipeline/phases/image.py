@@ -229,12 +229,6 @@ def run_image_build(
     )
 
 
-def is_registry_image(image: str) -> bool:
-    """`[cloudrun] image` names a registry image (not `file://…` nor an emulator-mapped name)."""
-    first, _, rest = image.partition("/")
-    return bool(rest) and ("." in first or ":" in first or first == "localhost")
-
-
 def ship(
     image: str, tarball: Path, info: releases.ReleaseInfo, env: Env, note: Callable[[str], None]
 ) -> tuple[str, dict[str, Any]]:

@@ -25,8 +25,9 @@ from pipeline.cloudrun.rollout import RolloutState, check_steps, fresh
 from pipeline.config import Env
 from pipeline.errors import GateFailed, PipelineError
 from pipeline.gates import GateSpec, parse_gate
+from pipeline.image.oci import names_registry
 from pipeline.phases.base import PhaseResult, PhaseRun, View
-from pipeline.phases.image import is_registry_image, ship
+from pipeline.phases.image import ship
 from pipeline.phases.rollout_steps import Rollout, drive, image_for
 
 
@@ -120,7 +121,7 @@ def open_rollout(
     preflight_facts = preflight(info.sha256, env, view)  # exit 99 naming what fails: no skipping it
     image = image_for(env, info)
     shipped: dict[str, Any] = {}
-    if is_registry_image(image):  # deployed by digest, the one holding this tarball
+    if names_registry(image):  # deployed by digest, the one holding this tarball
         image, shipped = ship(image, Path(tarball), info, env, _note(view) or (lambda _: None))
     settings = env.cloudrun
     steps = check_steps(list(settings.canary_steps))
