@@ -8,25 +8,72 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.compare import COMPARISON, classify_score, score
 from pipeline.config import Env
 from pipeline.errors import PipelineError
-from pipeline.gates import GateSpec, parse_gate
+from pipeline.gates import GateSpec, Verdict, parse_gate
 
 
-def window_gate(env: Env, stage: str) -> GateSpec:
-    """The `[gates.canary]` thresholds, judged on the receipts of one window only; a window
-    without a single request fails, whatever the table asks (count rules alone would pass it)."""
+def canary_table(env: Env) -> dict[str, list[str]]:
     table = env.gates.get("canary")
     if not table:
         raise PipelineError(f"{env.path}: no [gates.canary] table for the canary steps")
+    return {key: [exprs] if isinstance(exprs, str) else list(exprs) for key, exprs in table.items()}
+
+
+def has_comparisons(env: Env) -> bool:
+    """Whether `[gates.canary]` compares the candidate with the baseline (then each bake also
+    loads both tag URLs)."""
+    return any(COMPARISON.match(e) for exprs in canary_table(env).values() for e in exprs)
+
+
+def window_gate(env: Env, stage: str, compare_stage: str | None = None) -> GateSpec:
+    """The `[gates.canary]` thresholds, judged on the receipts of one window only; a window
+    without a single request fails, whatever the table asks (count rules alone would pass it).
+    Comparison rules are judged on the requests of `compare_stage` (both tag URLs, same window),
+    each side at least `[analysis] min_samples`."""
     source = env.sources.get("gates.canary", str(env.path))
     scoped: dict[str, list[str]] = {}
-    for key, exprs in table.items():
-        scoped.setdefault(_in_window(key, stage), []).extend(
-            [exprs] if isinstance(exprs, str) else exprs
-        )
+    for key, exprs in canary_table(env).items():
+        for expr in exprs:
+            where: str | None = compare_stage if COMPARISON.match(expr) else stage
+            if where is None:
+                continue  # a comparison, and no baseline in this window: nothing to compare with
+            scoped.setdefault(_in_window(key, where), []).append(expr)
     scoped.setdefault(_in_window("http.latency_ms", stage), []).append("count > 0")
-    return parse_gate(f"canary:{stage}", scoped, source)
+    spec = parse_gate(f"canary:{stage}", scoped, source)
+    settings = env.analysis
+    return GateSpec(
+        spec.name,
+        spec.rules,
+        spec.source,
+        settings.min_samples,
+        (settings.effect_ms, settings.effect_ratio),
+    )
+
+
+def step_gate(env: Env, step: str) -> GateSpec:
+    """A canary step's window gate as week 5 judged it (`canary-10`: its bake, and its
+    comparison requests when `[gates.canary]` compares), for gate.check to judge again."""
+    if not step.startswith("canary-"):
+        raise PipelineError(f"{step!r} is no canary step: expected canary-N, e.g. canary:canary-10")
+    return window_gate(env, f"{step}-bake", f"{step}-compare" if has_comparisons(env) else None)
+
+
+def step_score(env: Env, verdict: Verdict) -> dict[str, Any] | None:
+    """Kayenta's per-step score over the comparison rules of a window's verdict, and what it
+    makes of the step (pass, marginal, fail); None without comparison rules."""
+    verdicts = [r.verdict for r in verdict.results if r.verdict is not None]
+    if not verdicts:
+        return None
+    value = score(verdicts)
+    settings = env.analysis
+    return {
+        "score": value,
+        "verdict": classify_score(value, settings.pass_score, settings.marginal_score),
+        "pass_score": settings.pass_score,
+        "marginal_score": settings.marginal_score,
+    }
 
 
 def _in_window(key: str, stage: str) -> str:
@@ -71,8 +118,8 @@ def revision_latency_problems(
         if key.name != "http.latency_ms":
             continue
         for threshold in thresholds:
-            if threshold.agg == "count":
-                continue
+            if threshold.agg == "count" or threshold.compare:
+                continue  # comparisons are judged on both tag URLs' requests, not here
             name = (
                 f"p{threshold.pct:g}"
                 if threshold.agg == "p"

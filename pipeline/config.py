@@ -165,6 +165,18 @@ class RemoteSettings(Strict):
     keepalive_s: float = Field(5.0, ge=0)  # SSH keepalive interval (0: off)
 
 
+class AnalysisSettings(Strict):
+    """Canary analysis: candidate against baseline (owned by analysis.py and compare.py)."""
+
+    baseline_tag: str = "baseline"  # the stable revision's tag during a canary's bake
+    compare_rate: float = Field(25.0, gt=0)  # req/s to each tag URL during a bake, same mix
+    min_samples: int = Field(30, ge=1)  # per side: fewer is a failed comparison
+    effect_ms: float = Field(2.0, ge=0)  # a Mann-Whitney rule tolerates a slowdown of the larger
+    effect_ratio: float = Field(0.1, ge=0)  # of these (ms, share of the baseline's median)
+    pass_score: float = Field(95.0, ge=0, le=100)  # a step's score at or above: pass
+    marginal_score: float = Field(75.0, ge=0, le=100)  # at or above (below pass): marginal, fails
+
+
 class ImageSettings(Strict):
     """OCI images of the release (owned by pipeline/image/ and phases/image.py)."""
 
@@ -196,6 +208,7 @@ class Env(Strict):
     emulator: EmulatorSettings = EmulatorSettings()
     remote: RemoteSettings = RemoteSettings()
     image: ImageSettings = ImageSettings()
+    analysis: AnalysisSettings = AnalysisSettings()
     gates: dict[str, dict[str, list[str]]] = {}
     sources: dict[str, str] = {}  # dotted key → the file that set it (for error messages)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline import receipts
+from pipeline import compare, receipts
 from pipeline.errors import PipelineError
 from pipeline.stats import Ordered, percentile
 
@@ -52,10 +52,14 @@ class Threshold:
     op: str
     value: float
     pct: float | None = None
+    compare: str | None = None  # ratio, diff, mannwhitney, proportions: candidate vs baseline
 
     @property
     def label(self) -> str:
-        return f"p({self.pct:g})" if self.agg == "p" else self.agg
+        base = f"p({self.pct:g})" if self.agg == "p" else self.agg
+        if self.compare in ("ratio", "diff"):
+            return f"{base} {self.compare}"
+        return f"{self.compare} p" if self.compare else base
 
     def holds(self, measured: float) -> bool:
         return _OPS[self.op](measured, self.value)
@@ -65,13 +69,17 @@ def parse_threshold(text: str) -> Threshold:
     """`AGG OP NUMBER`; raises ValueError saying what is wrong."""
     if not isinstance(text, str):
         raise ValueError(f"threshold must be a string like 'p(95) < 250', got {text!r}")
+    compared = compare.COMPARISON.match(text)
+    if compared:
+        return _comparison(text, compared)
     match = _THRESHOLD.match(text)
     if not match:
         head = text.strip().split(" ")[0] if text.strip() else ""
         agg = head.split("(")[0] if head else ""
         if agg and agg not in ("count", "rate", "value", "avg", "min", "max", "med", "p"):
             raise ValueError(
-                f"unknown aggregation {agg!r} in {text!r} (known: {', '.join(AGGREGATIONS)})"
+                f"unknown aggregation {agg!r} in {text!r} (known: {', '.join(AGGREGATIONS)}; "
+                "comparisons: 'AGG ratio|diff OP X', 'mannwhitney p OP X', 'proportions p OP X')"
             )
         raise ValueError(
             f"malformed threshold {text!r}: expected 'AGG OP NUMBER', e.g. 'p(95) < 250'"
@@ -81,6 +89,15 @@ def parse_threshold(text: str) -> Threshold:
         raise ValueError(f"percentile out of range in {text!r}: p(N) needs 0 ≤ N ≤ 100")
     agg = "p" if pct is not None else match["agg"]
     return Threshold(text.strip(), agg, match["op"], float(match["num"]), pct)
+
+
+def _comparison(text: str, match: re.Match[str]) -> Threshold:
+    pct = float(match["pct"]) if match["pct"] is not None else None
+    if pct is not None and not 0 <= pct <= 100:
+        raise ValueError(f"percentile out of range in {text!r}: p(N) needs 0 ≤ N ≤ 100")
+    how = match["how"] or match["test"]
+    agg = "p" if pct is not None else (match["agg"] or how)
+    return Threshold(text.strip(), agg, match["op"], float(match["num"]), pct, how)
 
 
 # ---------------------------------------------------------------- metrics derived from receipts
@@ -281,10 +298,26 @@ class GateSpec:
     name: str
     rules: tuple[tuple[MetricKey, tuple[Threshold, ...]], ...]
     source: str = "<inline>"
+    min_samples: int = compare.MIN_SAMPLES  # per side, for a comparison rule
+    effect: tuple[float, float] = (compare.EFFECT_MS, compare.EFFECT_RATIO)  # mannwhitney's
 
     @property
     def keys(self) -> list[MetricKey]:
-        return [key for key, _ in self.rules]
+        """Every key the rules read; a key with comparison rules also as its two sides
+        (records whose `side` field names them)."""
+        out = []
+        for key, thresholds in self.rules:
+            out.append(key)
+            if any(t.compare for t in thresholds):
+                out += [
+                    MetricKey(
+                        compare.side_source(key.source, side),
+                        key.name,
+                        (*key.filters, ("side", side)),
+                    )
+                    for side in compare.SIDES
+                ]
+        return out
 
 
 GATE_ALIASES = {"gate1": "week2", "gate2": "week3", "gate3": "week4", "gate4": "week5"}
@@ -514,9 +547,11 @@ class Result:
     passed: bool
     samples: int
     reason: str | None = None  # "no data" when there was nothing to measure
+    verdict: str | None = None  # a comparison's: pass, marginal or fail
+    details: dict[str, Any] | None = None  # a comparison's sizes, aggregates and statistics
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "metric": self.metric,
             "expression": self.expression,
             "measured": self.measured,
@@ -524,6 +559,9 @@ class Result:
             "samples": self.samples,
             "reason": self.reason,
         }
+        if self.verdict is not None:
+            out.update(verdict=self.verdict, details=self.details)
+        return out
 
 
 @dataclass(frozen=True)
@@ -567,6 +605,9 @@ def evaluate(
         ranked = any(t.agg in ("p", "med") for t in thresholds)
         ordered = Ranked(values) if ranked and values else None
         for threshold in thresholds:
+            if threshold.compare:
+                results.append(_compared(spec, key, threshold, samples, reason))
+                continue
             measured = aggregate(threshold, values, ordered)
             if reason is not None:
                 results.append(
@@ -579,6 +620,35 @@ def evaluate(
                 results.append(Result(key.source, threshold.source, measured, ok, len(values)))
     passed = reason is None and bool(results) and all(r.passed for r in results)
     return Verdict(spec.name, passed, tuple(results), reason)
+
+
+def _compared(
+    spec: GateSpec,
+    key: MetricKey,
+    threshold: Threshold,
+    samples: Mapping[str, Sequence[float]],
+    reason: str | None,
+) -> Result:
+    candidate, baseline = (
+        samples.get(compare.side_source(key.source, side), ()) for side in compare.SIDES
+    )
+
+    def measure(t: Threshold, values: Sequence[float]) -> float | None:
+        ranked = Ranked(values) if t.agg in ("p", "med") and values else None
+        return aggregate(t, values, ranked)
+
+    outcome = compare.judge(threshold, candidate, baseline, measure, spec.min_samples, spec.effect)
+    why = reason or outcome.reason
+    return Result(
+        key.source,
+        threshold.source,
+        outcome.measured,
+        outcome.passed and reason is None,
+        len(candidate) + len(baseline),
+        why,
+        outcome.verdict if reason is None else "fail",
+        outcome.details,
+    )
 
 
 def overruled(verdict: Verdict, reason: str) -> Verdict:

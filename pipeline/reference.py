@@ -38,8 +38,10 @@ FAULTS = (
     "crash",
     "noready",
     "slowstart",
+    "delay",
     "prod_errors",
     "prod_slow",
+    "prod_delay",
 )
 LAYOUTS = ("rebar3", "wrapped")
 SOURCE_DIR = Path(__file__).resolve().parent.parent / "examples" / "taiea"

@@ -53,7 +53,8 @@ _DECLARED: dict[str, tuple[str, str, str]] = {
     "request": (
         "one load request",
         "latency_ms:num passed:bool status:int",
-        "target:str endpoint:str method:str error:str? scheduled_s:num sent_s:num service_ms:num",
+        "target:str endpoint:str method:str error:str? scheduled_s:num sent_s:num service_ms:num "
+        "side:str",
     ),
     "summary": (
         "a load window's figures, or week 2's closing summary",
@@ -62,7 +63,7 @@ _DECLARED: dict[str, tuple[str, str, str]] = {
         "sent:int completed:int passed:int dropped:int late:int achieved_rps:num p50_ms:num "
         "p95_ms:num p99_ms:num max_ms:num success_rate:num release:str stages_failed:list "
         "constraints_proven:int constraints_failed:int comparison:obj memory_peak_mb:num? "
-        "cpu_max_percent:num? captured:int oom_kill:obj? exit_status:int",
+        "cpu_max_percent:num? captured:int oom_kill:obj? exit_status:int side:str url:str",
     ),
     "metrics": (
         "one resource sample of the release, or of a Cloud Run revision's instances",
@@ -159,7 +160,7 @@ _DECLARED: dict[str, tuple[str, str, str]] = {
     "analysis": (
         "week 5: one canary window judged",
         "passed:bool percent:int revision:str",
-        "results:list backend:obj? skipped:str",
+        "results:list backend:obj? skipped:str comparison:obj? baseline:str",
     ),
     "scale": (
         "week 5: the scaling the revision reports",

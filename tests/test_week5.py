@@ -315,12 +315,12 @@ def test_a_registry_image_is_built_once_pushed_and_deployed_by_digest(
         f'extends = "{cloud["env_file"]}"\n[cloudrun]\nimage = "{repo}:{{version}}"\n'
     )
     env = config.load_env(env_file)
-    tarball = gates_passed(reference_tarball(version="1.4.0"))
+    tarball = gates_passed(reference_tarball(version="1.8.0"))
     result = run_week5(tarball, env)
     assert result.verdict.passed, result.verdict.summary()
     first = next(receipts.iter_records(result.receipts))
     shipped = first["image"]
-    assert shipped["built"] is True and shipped["ref"].endswith("tai_autonomics:1.4.0")
+    assert shipped["built"] is True and shipped["ref"].endswith("tai_autonomics:1.8.0")
     (deploy,) = kinds(result.receipts, "deploy")
     pinned = f"{local_registry.address}/taiea/tai_autonomics@{shipped['digest']}"
     assert deploy["image"] == pinned
@@ -333,10 +333,58 @@ def test_a_registry_image_is_built_once_pushed_and_deployed_by_digest(
     reused = next(receipts.iter_records(again.receipts))["image"]
     assert reused == {**shipped, "built": False}
 
-    other = tmp_path / "fixed.toml"  # a tag that holds 1.4.0's image, asked to deploy 1.5.0
-    other.write_text(f'extends = "{cloud["env_file"]}"\n[cloudrun]\nimage = "{repo}:1.4.0"\n')
-    newer = gates_passed(reference_tarball(version="1.5.0"))
+    other = tmp_path / "fixed.toml"  # a tag that holds 1.8.0's image, asked to deploy 1.9.0
+    other.write_text(f'extends = "{cloud["env_file"]}"\n[cloudrun]\nimage = "{repo}:1.8.0"\n')
+    newer = gates_passed(reference_tarball(version="1.9.0"))
     before = set(cloud["runs"].glob("*-week5-*"))
     with pytest.raises(PipelineError, match=r"holds another release .* push this release"):
         run_week5(newer, config.load_env(other))
     assert set(cloud["runs"].glob("*-week5-*")) == before
+
+
+def test_a_slower_release_within_every_limit_is_rolled_back_by_the_comparison(
+    reference_tarball, cloud
+):
+    """prod_delay: every request 20 ms slower than the stable revision, far under p(95) < 250:
+    the absolute rules pass, the comparison with the baseline (its own tag URL, same window)
+    fails the first step, and gate.check judges the step the same way from the receipts."""
+    tarball = gates_passed(reference_tarball("prod_delay", version="1.7.0"))
+    result = run_week5(tarball, cloud["env"])
+    assert not result.verdict.passed
+    first = kinds(result.receipts, "analysis")[0]
+    assert first["stage"] == "canary-10" and first["passed"] is False
+    assert first["comparison"]["verdict"] == "fail" and first["baseline"]
+    judged = {r["expression"]: r for r in first["results"]}
+    assert judged["p(95) < 250"]["passed"], "within the absolute limit"
+    slower = judged["mannwhitney p > 0.01"]
+    assert not slower["passed"] and slower["details"]["n_baseline"] >= 30
+    assert judged["med diff < 5"]["measured"] > 15
+    (rollback,) = kinds(result.receipts, "rollback")
+    assert "comparison with" in rollback["reason"]
+    sides = {
+        r.get("side")
+        for r in kinds(result.receipts, "request")
+        if r["stage"] == "canary-10-compare"
+    }
+    assert sides == {"candidate", "baseline"}
+    again = subprocess.run(
+        [
+            INVOKE,
+            "gate.check",
+            "--gate",
+            "canary:canary-10",
+            "--receipts",
+            str(result.receipts),
+            "--env",
+            str(cloud["env_file"]),
+            "--json",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=os.environ,
+        timeout=120,
+    )
+    assert again.returncode == 99, again.stderr
+    rejudged = {r["expression"]: r for r in json.loads(again.stdout.splitlines()[-1])["results"]}
+    assert rejudged["mannwhitney p > 0.01"]["measured"] == slower["measured"]

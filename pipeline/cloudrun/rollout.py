@@ -163,10 +163,16 @@ def advance(state: RolloutState, step: Step, passed: bool, **facts: Any) -> Roll
     return replace(state, phase=following[step.kind], history=history)
 
 
-def canary_routes(stable: str, candidate: str, percent: int, tag: str) -> list[Route]:
-    """Set weight: `percent` to the candidate (keeping its tag), the rest to the stable revision."""
+def canary_routes(
+    stable: str, candidate: str, percent: int, tag: str, baseline_tag: str | None = None
+) -> list[Route]:
+    """Set weight: `percent` to the candidate (keeping its tag), the rest to the stable revision
+    — tagged `baseline_tag` when given (so the baseline has a URL of its own to compare with,
+    also at 100 %, where it keeps 0 %)."""
     routes = [Route(candidate, percent, tag)]
-    if percent < 100:
+    if baseline_tag and stable != candidate:
+        routes.append(Route(stable, 100 - percent, baseline_tag))
+    elif percent < 100:
         routes.append(Route(stable, 100 - percent))
     return routes
 

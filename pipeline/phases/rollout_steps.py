@@ -15,7 +15,13 @@ from typing import Any
 
 from pipeline import interrupts
 from pipeline import release as releases
-from pipeline.analysis import revision_latency_problems, revision_window, window_gate
+from pipeline.analysis import (
+    has_comparisons,
+    revision_latency_problems,
+    revision_window,
+    step_score,
+    window_gate,
+)
 from pipeline.cloudrun.client import CloudRun, DeployFailed, Route, Template
 from pipeline.cloudrun.metrics import Backend, NoBackend
 from pipeline.cloudrun.ops import wait_drained
@@ -32,7 +38,7 @@ from pipeline.config import Env
 from pipeline.errors import PipelineError
 from pipeline.gates import check
 from pipeline.phases.base import PhaseRun, StageFailed
-from pipeline.phases.stages import LoadPlan, run_load_stage, smoke
+from pipeline.phases.stages import LoadPlan, run_load_stage, side_loads, smoke
 
 
 @dataclass
@@ -147,11 +153,19 @@ def do_smoke(r: Rollout) -> dict[str, Any]:
     return {"note": f"{passed}/{passed} on {url}"}
 
 
-def shift(r: Rollout, percent: int) -> Any:
-    """Set weight, then verify weight from what the service reports."""
+def compares(r: Rollout) -> bool:
+    """Whether this rollout's bakes compare the candidate with a baseline: `[gates.canary]` has
+    comparison rules and there is a stable revision to compare with."""
+    return bool(r.state.stable) and r.state.stable != r.state.candidate and has_comparisons(r.env)
+
+
+def shift(r: Rollout, percent: int, baseline: bool = False) -> Any:
+    """Set weight, then verify weight from what the service reports. With `baseline`, the
+    stable revision keeps the baseline tag (its own URL) beside its share."""
     assert r.state.candidate is not None
     stable = r.state.stable or r.state.candidate
-    service = r.api.set_traffic(canary_routes(stable, r.state.candidate, percent, r.state.tag))
+    tag = r.env.analysis.baseline_tag if baseline else None
+    service = r.api.set_traffic(canary_routes(stable, r.state.candidate, percent, r.state.tag, tag))
     if not weight_is(service, r.state.candidate, percent):
         raise StageFailed(
             f"asked for {percent} % on {r.state.candidate}, the service reports {service.serving()}"
@@ -161,7 +175,8 @@ def shift(r: Rollout, percent: int) -> Any:
 
 def do_canary(r: Rollout, percent: int) -> dict[str, Any]:
     stage = f"canary-{percent}"
-    service = shift(r, percent)
+    compare = compares(r)
+    service = shift(r, percent, baseline=compare)
     write_traffic(r, service, stage)
     before = r.backend.revisions()
     plan = LoadPlan(r.settings.bake_rate, r.settings.bake_s)
@@ -175,9 +190,21 @@ def do_canary(r: Rollout, percent: int) -> dict[str, Any]:
             skipped="bake_s = 0: weight set and verified, no window to judge",
         )
         return {"percent": percent, "note": f"{percent} %, weight verified (no bake window)"}
-    run_load_stage(r.run, service.uri, plan, stage_name=f"{stage}-bake")
-    spec = window_gate(r.env, f"{stage}-bake")
+    if compare:
+        with side_loads(
+            r.run,
+            side_urls(r, service),
+            LoadPlan(r.env.analysis.compare_rate, plan.duration_s),
+            f"{stage}-compare",
+        ):
+            run_load_stage(r.run, service.uri, plan, stage_name=f"{stage}-bake")
+        if percent == 100:  # remove routes: the baseline's tag goes, so the old revision drains
+            shift(r, percent)
+    else:
+        run_load_stage(r.run, service.uri, plan, stage_name=f"{stage}-bake")
+    spec = window_gate(r.env, f"{stage}-bake", f"{stage}-compare" if compare else None)
     verdict = check(r.run.path, spec, require_seal=False)
+    scored = step_score(r.env, verdict)
     backend = revision_window(
         before, r.backend.revisions(window_s=max(plan.duration_s, 1.0)), r.state.candidate
     )
@@ -189,8 +216,14 @@ def do_canary(r: Rollout, percent: int) -> dict[str, Any]:
         revision=r.state.candidate,
         results=[x.as_dict() for x in verdict.results],
         backend=backend,
+        comparison=scored,
+        **({"baseline": r.state.stable} if compare else {}),
     )
-    problems = [f"{x.metric} {x.expression} (measured {x.measured})" for x in verdict.failures]
+    problems = [failure_text(x) for x in verdict.failures]
+    if scored and scored["verdict"] != "pass":
+        problems.insert(
+            0, f"comparison with {r.state.stable}: score {scored['score']:g} ({scored['verdict']})"
+        )
     if backend and backend.get("errors"):
         problems.append(f"{r.state.candidate} answered {backend['errors']} errors in the window")
     if backend:
@@ -201,6 +234,24 @@ def do_canary(r: Rollout, percent: int) -> dict[str, Any]:
         raise StageFailed(f"canary {percent} % failed: " + "; ".join(problems))
     own = f", {r.state.candidate}: {backend['requests']} requests, 0 errors" if backend else ""
     return {"percent": percent, "note": f"{percent} % held for {plan.duration_s:g} s{own}"}
+
+
+def side_urls(r: Rollout, service: Any) -> dict[str, str]:
+    """The candidate's and the baseline's tag URLs, as the service reports them."""
+    urls = {
+        "candidate": service.tag_uris.get(r.state.tag),
+        "baseline": service.tag_uris.get(r.env.analysis.baseline_tag),
+    }
+    missing = [side for side, url in urls.items() if not url]
+    if missing:
+        raise StageFailed(f"no tag URL for the {' and the '.join(missing)}: nothing to compare")
+    return {side: str(url) for side, url in urls.items()}
+
+
+def failure_text(result: Any) -> str:
+    measured = "no data" if result.measured is None else f"{result.measured:.4g}"
+    why = f", {result.reason}" if result.reason and result.reason != "no data" else ""
+    return f"{result.metric} {result.expression} (measured {measured}{why})"
 
 
 def do_rollback(r: Rollout) -> dict[str, Any]:

@@ -5,8 +5,9 @@ which URL (a local instance, a remote one through its tunnel, a Cloud Run revisi
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +97,53 @@ def run_load_stage(
         if instance is not None and not instance.alive():
             raise StageFailed("the release exited during the load", log_tail=instance.logs(50))
         return summary
+
+
+@contextlib.contextmanager
+def side_loads(
+    run: PhaseRun, urls: dict[str, str], plan: LoadPlan, stage_name: str
+) -> Iterator[None]:
+    """While the body runs, the same open-loop load on each of `urls` (side → URL), each in a
+    thread of its own: `request` receipts of `stage_name` with their `side`, and a `summary`
+    per side. The body's own load keeps the live view; an exception ends the side loads early."""
+    import threading
+
+    from pipeline.probes.load import RequestResult, StopToken, run_open_loop
+
+    stop = StopToken()
+    targets = load_targets(run.env.smoke, plan.endpoints)
+
+    def load(side: str, url: str) -> None:
+        def on_result(result: RequestResult) -> None:
+            run.write("request", stage_name, side=side, **result.as_receipt())
+
+        summary = run_open_loop(
+            url,
+            targets,
+            plan.rate,
+            plan.duration_s,
+            on_result=on_result,
+            max_inflight=run.env.load.max_inflight,
+            timeout_s=run.env.load.timeout_s,
+            late_ms=run.env.load.late_ms,
+            stop=stop,
+        )
+        run.write("summary", stage_name, side=side, url=url, **summary.as_receipt())
+
+    threads = [
+        threading.Thread(target=load, args=(side, url), name=f"load-{side}", daemon=True)
+        for side, url in urls.items()
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    except BaseException:
+        stop.stop()
+        raise
+    finally:
+        for thread in threads:
+            thread.join(plan.duration_s + run.env.load.timeout_s + 30)
 
 
 def open_loop(

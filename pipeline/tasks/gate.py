@@ -9,7 +9,8 @@ from pipeline.tasks._cli import exit_codes, human_console, required
 
 @task(
     help={
-        "gate": "gate to judge: week2..week5 (or gate1..gate4)",
+        "gate": "gate to judge: week2..week5 (or gate1..gate4), image, or canary:STEP (one canary "
+        "step's window, e.g. canary:canary-10, with its comparison with the baseline)",
         "receipts": "the run's receipts.jsonl",
         "env": "env name (envs/NAME.toml) or path holding the [gates.*] thresholds; default local",
         "json": "print the verdict as one JSON line on stdout; human view on stderr",
@@ -27,7 +28,13 @@ def check(c, gate, receipts, env="local", json=False, unsealed=False):
         from pipeline import receipts as receipt_log
         from pipeline.errors import GateFailed
 
-        spec = envfiles.gate_spec(env, gate)  # the rest of the env is not needed to judge
+        if gate.startswith("canary:"):
+            from pipeline import config
+            from pipeline.analysis import step_gate
+
+            spec = step_gate(config.load_env(env), gate.removeprefix("canary:"))
+        else:
+            spec = envfiles.gate_spec(env, gate)  # the rest of the env is not needed to judge
         receipts = receipt_log.receipts_file(receipts)  # bad input (exit 2), not a ledger verdict
         verdict = verdicts.judge_file(receipts, spec, require_seal=not unsealed)
         console = human_console(json)

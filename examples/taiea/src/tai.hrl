@@ -9,4 +9,4 @@
 -define(C_LOG_DROPPED, 6).  % request receipts dropped because stdout could not keep up
 -define(C_SLOTS, 6).
 
--define(FAULTS, [none, slow, errors, leak, crash, noready, slowstart, prod_errors, prod_slow]).
+-define(FAULTS, [none, slow, errors, leak, crash, noready, slowstart, delay, prod_errors, prod_slow, prod_delay]).

@@ -21,6 +21,7 @@ load() ->
         Fault = effective_fault(Requested, Env),
         Port = int_env("PORT", app_env(default_port, 8080), 0, 65535),
         CrashAfter = int_env("TAIEA_CRASH_AFTER", app_env(crash_after, 20), 1, 1 bsl 30),
+        DelayMs = int_env("TAIEA_DELAY_MS", app_env(delay_ms, 20), 0, 60000),
         Host = host(os:getenv("HTTP_HOST", app_env(default_host, "127.0.0.1"))),
         {ok, Vsn} = application:get_key(tai_autonomics, vsn),
         Conf = #{env => Env,
@@ -29,6 +30,7 @@ load() ->
                  port => Port,
                  host => Host,
                  crash_after => CrashAfter,
+                 delay_ms => DelayMs,
                  vsn => list_to_binary(Vsn),
                  counters => atomics:new(?C_SLOTS, [{signed, true}])},
         persistent_term:put(?MODULE, Conf),
@@ -61,10 +63,11 @@ elapsed_ms() ->
 
 %%====================================================================
 
-%% prod_errors / prod_slow misbehave only in production.
+%% prod_errors / prod_slow / prod_delay misbehave only in production.
 effective_fault(prod_errors, prod) -> errors;
 effective_fault(prod_slow, prod) -> slow;
-effective_fault(F, _) when F =:= prod_errors; F =:= prod_slow -> none;
+effective_fault(prod_delay, prod) -> delay;
+effective_fault(F, _) when F =:= prod_errors; F =:= prod_slow; F =:= prod_delay -> none;
 effective_fault(F, _) -> F.
 
 is_fault(F) -> lists:member(F, ?FAULTS).

@@ -4,12 +4,14 @@
 %%% that number, so it is deterministic:
 %%%   slow    every 5th request (20 %) sleeps 300 ms before it is answered: p95 > 250 ms
 %%%   errors  every 20th request (5 %) is answered 500
+%%%   delay   every request waits TAIEA_DELAY_MS (default 20 ms) first: slower, within the limits
 %%%   crash   the VM exits with status 1 right after answering request number TAIEA_CRASH_AFTER
 %%% Not request driven:
 %%%   leak    a process holds on to 2 MB of binaries more every 100 ms (~20 MB/s)
 %%%   noready /ready and /health answer 503 forever (the port listens)
 %%%   slowstart /ready answers 503 for the first 6 s
-%%% prod_errors / prod_slow act as errors / slow when TAIEA_ENV=prod, else as none.
+%%% prod_errors / prod_slow / prod_delay act as errors / slow / delay when TAIEA_ENV=prod, else
+%%% as none.
 -module(tai_faults).
 -behaviour(gen_server).
 
@@ -36,6 +38,9 @@ before_request() ->
             {ok, Seq};
         errors when Seq rem ?ERROR_EVERY =:= 0 ->
             {error, Seq};
+        delay ->
+            receive after tai_conf:get(delay_ms) -> ok end,
+            {ok, Seq};
         _ ->
             {ok, Seq}
     end.
