@@ -52,6 +52,15 @@ def window_gate(env: Env, stage: str, compare_stage: str | None = None) -> GateS
     )
 
 
+def side_urls_of(service: Any, tag: str, baseline_tag: str) -> dict[str, str]:
+    """The candidate's and the baseline's tag URLs, as the service reports them."""
+    urls = {"candidate": service.tag_uris.get(tag), "baseline": service.tag_uris.get(baseline_tag)}
+    missing = [side for side, url in urls.items() if not url]
+    if missing:
+        raise PipelineError(f"no tag URL for the {' and the '.join(missing)}: nothing to compare")
+    return {side: str(url) for side, url in urls.items()}
+
+
 def step_gate(env: Env, step: str) -> GateSpec:
     """A canary step's window gate as week 5 judged it (`canary-10`: its bake, and its
     comparison requests when `[gates.canary]` compares), for gate.check to judge again."""

@@ -152,6 +152,7 @@ class EmulatorSettings(Strict):
     queue_timeout_s: float = Field(10.0, gt=0)  # a request waits this long for an instance: 429
     scale_in_delay_s: float = Field(30.0, ge=0)  # demand stays low this long before scale-in
     max_instances_per_revision: int = Field(20, gt=0)  # this machine's cap on any template's max
+    monitoring_port: int = Field(0, ge=0, le=65535)  # Cloud Monitoring (gRPC); 0 picks one
 
 
 class RemoteSettings(Strict):

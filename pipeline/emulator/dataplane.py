@@ -13,7 +13,7 @@ instances drain (no new requests, in-flight ones finish), then SIGTERM, `shutdow
 SIGKILL. A dead instance is forgotten and replaced by the same rule; so is one that fails its
 liveness probe (killed at once), while one failing readiness only leaves the rotation (health.py).
 
-Why ~760 lines: the instance lifecycle (start, health, drain, stop, replace) and the autoscaler
+Why ~780 lines: the instance lifecycle (start, health, drain, stop, replace) and the autoscaler
 act on the same per-revision state on one event loop.
 """
 
@@ -77,6 +77,9 @@ class RevisionRuntime:
         self.fresh_until = 0.0  # a revision just checked keeps its instance a while
         self.health: dict[str, dict[str, health.Tally]] = {}  # slot id → kind → results
         self.watchers: dict[str, list[asyncio.Task[Any]]] = {}  # slot id → its health checks
+        self.instance_history: collections.deque[tuple[float, int, int]] = collections.deque(
+            maxlen=14400
+        )  # (wall time, ready, starting or draining) per tick: Monitoring's instance_count
 
     # ---- scaling
 
@@ -122,6 +125,8 @@ class RevisionRuntime:
     def tick(self, now: float) -> None:
         pool = self.pool
         pool.sweep()
+        serving = len(pool.ready)
+        self.instance_history.append((time.time(), serving, len(pool.slots) - serving))
         if self.checking:
             return
         want = self.desired(now)

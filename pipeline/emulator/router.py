@@ -38,7 +38,7 @@ _now = time.perf_counter
 _MAX_HEAD = 64 * 1024
 _MAX_BODY = 32 * 1024 * 1024
 _PAUSE_AT = 1024 * 1024
-_LAT_RING = 4096
+_LAT_RING = 65536  # the last requests' latency, time and status: metrics and Monitoring read it
 _LAT_MASK = _LAT_RING - 1
 _MAX_RETRIES = 3
 
@@ -105,6 +105,7 @@ class Stats:
         "rejected",
         "lat",
         "lat_t",
+        "lat_s",
         "lat_i",
     )
 
@@ -115,6 +116,7 @@ class Stats:
         self.rejected = 0  # 429: no instance free in time
         self.lat = [0.0] * _LAT_RING
         self.lat_t = [0.0] * _LAT_RING
+        self.lat_s = [0] * _LAT_RING  # the status answered
         self.lat_i = 0
 
     def latencies(self, window_s: float | None = None) -> list[float]:
@@ -123,6 +125,12 @@ class Stats:
             return self.lat[:n] if self.lat_i <= _LAT_RING else list(self.lat)
         since = _now() - window_s
         return [self.lat[i] for i in range(n) if self.lat_t[i] >= since]
+
+    def since(self, t: float) -> list[tuple[float, float, int]]:
+        """(time, latency ms, status) of the requests answered at `t` or later (perf_counter)."""
+        n = min(self.lat_i, _LAT_RING)
+        lat, when, status = self.lat, self.lat_t, self.lat_s
+        return [(when[i], lat[i], status[i]) for i in range(n) if when[i] >= t]
 
 
 class Slot:
@@ -294,15 +302,16 @@ class Pool:
             if not client.closed:
                 slot.send(client)
 
-    def finished(self, slot: Slot, cls: int, t0: float) -> None:
-        """A request answered by the instance, with a status of class `cls` (2 for 2xx...)."""
+    def finished(self, slot: Slot, status: int, t0: float) -> None:
+        """A request answered by the instance with `status`."""
         now = _now()
         st = self.stats
         st.requests += 1
-        st.codes[cls] += 1
+        st.codes[_class(status)] += 1
         i = st.lat_i & _LAT_MASK
         st.lat[i] = (now - t0) * 1000.0
         st.lat_t[i] = now
+        st.lat_s[i] = status
         st.lat_i += 1
         slot.inflight -= 1
         self.inflight -= 1
@@ -324,6 +333,7 @@ class Pool:
         i = st.lat_i & _LAT_MASK
         st.lat[i] = (now - client.t0) * 1000.0
         st.lat_t[i] = now
+        st.lat_s[i] = status
         st.lat_i += 1
         client.reply(error_response(status, reason, message, self.header))
 
@@ -911,7 +921,7 @@ class UpConn(asyncio.Protocol):
             slot.idle.append(self)
         else:
             self.transport.close()  # type: ignore[union-attr]
-        slot.pool.finished(slot, _class(self.status), client.t0)
+        slot.pool.finished(slot, self.status, client.t0)
         client.done(keep)
 
     def _broken(self, why: str) -> None:
@@ -977,7 +987,7 @@ class UpConn(asyncio.Protocol):
             return
         self.client = None
         if self.framing == _TO_CLOSE and not self.in_head and exc is None:
-            slot.pool.finished(slot, _class(self.status), client.t0)
+            slot.pool.finished(slot, self.status, client.t0)
             client.done(False)
             return
         if (

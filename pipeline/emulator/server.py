@@ -5,11 +5,12 @@
 (`serve_forever()`). While it runs, `<state dir>/emulator.json` says where (pid, url, instance
 pids) and `<state dir>/emulator.lock` is held, so two emulators never share a state dir.
 
-Admin API: `/v2/...` as google.cloud.run_v2's REST transport calls it. Emulator extensions under
+Admin API: `/v2/...` as google.cloud.run_v2's REST transport calls it. Cloud Monitoring's
+ListTimeSeries on a gRPC port of its own (monitoring.py; `status` says where). Emulator extensions under
 `/emulator/v1/`: `status`, `faults` (GET/PUT/DELETE), `reset` (POST), `<service>/metrics`,
 `<revision>/logs`.
 
-Why ~710 lines: one handler per Admin API route (and the extensions), each a few lines over
+Why ~750 lines: one handler per Admin API route (and the extensions), each a few lines over
 control.py; split by route they would repeat the request plumbing.
 """
 
@@ -34,6 +35,7 @@ from pipeline.emulator import store
 from pipeline.emulator.control import ControlPlane
 from pipeline.emulator.dataplane import DataPlane
 from pipeline.emulator.images import ImageResolver
+from pipeline.emulator.monitoring import MonitoringServer, snapshot_of
 from pipeline.emulator.records import Limits, OperationRecord, check_parent, check_service_id
 from pipeline.emulator.wire import (
     ApiError,
@@ -149,6 +151,7 @@ class Emulator:
         self.data: DataPlane | None = None
         self.faults = Faults(self.settings.admin_error_rate, self.settings.admin_error_code)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.monitoring: MonitoringServer | None = None
         self._stop_event: asyncio.Event | None = None
         self._kill = False
         self._thread: threading.Thread | None = None
@@ -310,9 +313,15 @@ class Emulator:
         self.control.instance_counts = self.data.instance_counts
         self._saver = store.Saver(self.state_dir / store.STATE_FILE)
         self._registry = store.Saver(self.state_dir / REGISTRY_FILE)
+        self.monitoring = MonitoringServer(
+            self._monitoring_snapshot, self.host, self.settings.monitoring_port
+        )
+        self.monitoring.start()
 
     async def _teardown(self, runner: web.AppRunner | None) -> None:
         try:
+            if self.monitoring is not None:
+                self.monitoring.stop()
             if self.data is not None:
                 await self.data.shutdown(kill=self._kill)
             if self.host_client is not None:
@@ -382,6 +391,7 @@ class Emulator:
                 "url": self.url,
                 "host": self.host,
                 "port": self.port,
+                "monitoring": self.monitoring_address,
                 "env": str(self.env.path),
                 "state_dir": str(self.state_dir),
                 "started_at": self._started_at,
@@ -539,6 +549,25 @@ class Emulator:
         for ref, where in refs:
             await loop.run_in_executor(None, self.resolver.prepare, ref, where)
 
+    # ------------------------------------------------------------------ Cloud Monitoring
+
+    @property
+    def monitoring_address(self) -> str | None:
+        """host:port of the Cloud Monitoring API (gRPC), for `[monitoring] endpoint`."""
+        return f"{self.host}:{self.monitoring.port}" if self.monitoring is not None else None
+
+    def _monitoring_snapshot(self, project: str) -> list[Any]:
+        """Called from a gRPC thread: the revisions as the loop sees them, copied on the loop."""
+        loop = self._loop
+        if loop is None or self.data is None:
+            return []
+
+        async def take() -> list[Any]:
+            assert self.data is not None
+            return snapshot_of(list(self.data.revisions.values()), project)
+
+        return asyncio.run_coroutine_threadsafe(take(), loop).result(timeout=10)
+
     # ------------------------------------------------------------------ extensions
 
     async def _status(self, request: web.Request) -> web.Response:
@@ -552,6 +581,7 @@ class Emulator:
                 "state_dir": str(self.state_dir),
                 "services": sorted(control.services),
                 "instances": len(data.pids()),
+                "monitoring": self.monitoring_address,
                 "faults": self.faults.as_json(),
                 "uptime_s": round(time.time() - self._started_at, 3),
             }

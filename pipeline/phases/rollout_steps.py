@@ -19,6 +19,7 @@ from pipeline.analysis import (
     has_comparisons,
     revision_latency_problems,
     revision_window,
+    side_urls_of,
     step_score,
     window_gate,
 )
@@ -237,15 +238,10 @@ def do_canary(r: Rollout, percent: int) -> dict[str, Any]:
 
 
 def side_urls(r: Rollout, service: Any) -> dict[str, str]:
-    """The candidate's and the baseline's tag URLs, as the service reports them."""
-    urls = {
-        "candidate": service.tag_uris.get(r.state.tag),
-        "baseline": service.tag_uris.get(r.env.analysis.baseline_tag),
-    }
-    missing = [side for side, url in urls.items() if not url]
-    if missing:
-        raise StageFailed(f"no tag URL for the {' and the '.join(missing)}: nothing to compare")
-    return {side: str(url) for side, url in urls.items()}
+    try:
+        return side_urls_of(service, r.state.tag, r.env.analysis.baseline_tag)
+    except PipelineError as exc:  # the service, not the input: the step fails
+        raise StageFailed(str(exc)) from None
 
 
 def failure_text(result: Any) -> str:

@@ -3,7 +3,7 @@
 %%% Requests to /health, /marketplace and /pubsub are numbered (1, 2, ...) and the fault acts on
 %%% that number, so it is deterministic:
 %%%   slow    every 5th request (20 %) sleeps 300 ms before it is answered: p95 > 250 ms
-%%%   errors  every 20th request (5 %) is answered 500
+%%%   errors  every 20th request (5 %; TAIEA_ERROR_EVERY=N: every Nth) is answered 500
 %%%   delay   every request waits TAIEA_DELAY_MS (default 20 ms) first: slower, within the limits
 %%%   crash   the VM exits with status 1 right after answering request number TAIEA_CRASH_AFTER
 %%% Not request driven:
@@ -22,7 +22,6 @@
 
 -define(SLOW_EVERY, 5).
 -define(SLOW_MS, 300).
--define(ERROR_EVERY, 20).
 -define(LEAK_BYTES, 2097152).
 -define(LEAK_EVERY_MS, 100).
 
@@ -36,8 +35,11 @@ before_request() ->
         slow when Seq rem ?SLOW_EVERY =:= 0 ->
             receive after ?SLOW_MS -> ok end,
             {ok, Seq};
-        errors when Seq rem ?ERROR_EVERY =:= 0 ->
-            {error, Seq};
+        errors ->
+            case Seq rem tai_conf:get(error_every) of
+                0 -> {error, Seq};
+                _ -> {ok, Seq}
+            end;
         delay ->
             receive after tai_conf:get(delay_ms) -> ok end,
             {ok, Seq};
