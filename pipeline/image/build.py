@@ -153,7 +153,6 @@ def image_config(recipe: Recipe, diff_ids: list[str], labels: dict[str, str]) ->
         "TMPDIR": "/tmp",
         "LANG": "C.UTF-8",
         "ERL_CRASH_DUMP": "/tmp/erl_crash.dump",
-        "HTTP_HOST": "0.0.0.0",  # inside a container: Cloud Run reaches it on its own interface
         **dict(recipe.env),
         "PORT": str(recipe.port),
     }
