@@ -166,6 +166,14 @@ class RemoteSettings(Strict):
     keepalive_s: float = Field(5.0, ge=0)  # SSH keepalive interval (0: off)
 
 
+class MonitoringSettings(Strict):
+    """Where week 5 reads per-revision metrics (owned by cloudrun/monitoring.py): "" the
+    emulator's own metrics endpoint locally (nothing on Google), "emulator" the Cloud Monitoring
+    API the emulator serves, "monitoring.googleapis.com" Google's, or host:port."""
+
+    endpoint: str = ""
+
+
 class AnalysisSettings(Strict):
     """Canary analysis: candidate against baseline (owned by analysis.py and compare.py)."""
 
@@ -210,6 +218,7 @@ class Env(Strict):
     remote: RemoteSettings = RemoteSettings()
     image: ImageSettings = ImageSettings()
     analysis: AnalysisSettings = AnalysisSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
     gates: dict[str, dict[str, list[str]]] = {}
     sources: dict[str, str] = {}  # dotted key → the file that set it (for error messages)
 

@@ -89,6 +89,11 @@ _DECLARED: dict[str, tuple[str, str, str]] = {
         "ref:str digest:str uploaded:int skipped:int bytes_sent:int seconds:num",
         "",
     ),
+    "metric": (
+        "one Cloud Monitoring query and the points it read",
+        "metric:str filter:str aligner:str period_s:int end_s:int series:list",
+        "",
+    ),
     "capture": ("the release's own stdout receipts", "count:int kinds:obj invalid_lines:int", ""),
     "error": ("what went wrong, once", "reason:str", "log_tail:list signal:str"),
     "operation": (

@@ -388,3 +388,31 @@ def test_a_slower_release_within_every_limit_is_rolled_back_by_the_comparison(
     assert again.returncode == 99, again.stderr
     rejudged = {r["expression"]: r for r in json.loads(again.stdout.splitlines()[-1])["results"]}
     assert rejudged["mannwhitney p > 0.01"]["measured"] == slower["measured"]
+
+
+def test_week5_reads_cloud_monitoring_when_the_env_says_so(reference_tarball, cloud, tmp_path):
+    """[monitoring] endpoint = "emulator": per-revision evidence comes from the Cloud Monitoring
+    API (official client, gRPC) the emulator serves; every query is a `metric` receipt; the
+    old revision drains when its instance count reaches 0."""
+    from pipeline.cloudrun import monitoring
+
+    env_file = tmp_path / "monitoring.toml"
+    env_file.write_text(f'extends = "{cloud["env_file"]}"\n[monitoring]\nendpoint = "emulator"\n')
+    tarball = gates_passed(reference_tarball(version="2.0.0"))
+    result = run_week5(tarball, config.load_env(env_file))
+    assert result.verdict.passed, result.verdict.summary()
+    queries = kinds(result.receipts, "metric")
+    assert {q["metric"] for q in queries} == {
+        monitoring.REQUEST_COUNT,
+        monitoring.REQUEST_LATENCIES,
+        monitoring.INSTANCE_COUNT,
+    }
+    assert all(q["filter"].startswith("metric.type = ") for q in queries)
+    first = kinds(result.receipts, "analysis")[0]
+    assert first["backend"]["requests"] > 0 and first["backend"]["errors"] == 0
+    assert first["backend"]["latency_ms"]["p95"] > 0
+    (drain,) = kinds(result.receipts, "drain")
+    assert drain["how"] == "instance count reached 0"
+    production = [r for r in kinds(result.receipts, "metrics") if r["stage"] == "production"]
+    assert production and max(r["instances"] for r in production) >= 1
+    assert all("inflight" not in r for r in production)  # Monitoring has no in-flight figures

@@ -25,8 +25,18 @@ class NoBackend:
         return None
 
 
-def default_backend(settings: CloudRunSettings, endpoint: str | None) -> Backend:
-    """The emulator's metrics endpoint when the API is local; nothing on Google."""
+def default_backend(
+    settings: CloudRunSettings, endpoint: str | None, monitoring: str = ""
+) -> Backend:
+    """Cloud Monitoring when `[monitoring] endpoint` names it ("emulator": the API the local
+    emulator serves); else the emulator's metrics endpoint when the API is local; else nothing."""
+    if monitoring:
+        from pipeline.cloudrun.monitoring import MonitoringBackend, emulator_address
+
+        if monitoring == "emulator":
+            api = endpoint or ""
+            return MonitoringBackend(settings, lambda: emulator_address(api) if api else None)
+        return MonitoringBackend(settings, monitoring)
     if endpoint and endpoint.startswith("http://127.0.0.1"):
         return EmulatorMetrics(endpoint, settings)
     return NoBackend()

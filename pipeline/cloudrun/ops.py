@@ -149,15 +149,19 @@ def wait_drained(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> str | None:
-    """How `revision` drained: its in-flight count reached 0, or — where the platform gives no
-    in-flight figures (`backend.revisions()` is None) — the whole drain window ran out. None:
-    requests were still in flight after `timeout`. Never "drained" for want of data."""
+    """How `revision` drained: its in-flight count reached 0; on Cloud Monitoring (no in-flight
+    figures) its instance count reached 0; where the platform gives nothing
+    (`backend.revisions()` is None) the whole drain window ran out. None: requests or instances
+    were still there after `timeout`. Never "drained" for want of data."""
 
     def drained() -> bool | None:
         seen = backend.revisions()
         if seen is None:
             return None
-        return True if seen.get(revision, {}).get("inflight", 0) == 0 else None
+        facts = seen.get(revision, {})
+        if facts.get("inflight", 0) is None:  # Cloud Monitoring: no in-flight figures
+            return True if facts.get("instances", 0) == 0 else None
+        return True if facts.get("inflight", 0) == 0 else None
 
     try:
         poll(
@@ -170,4 +174,5 @@ def wait_drained(
         )
     except WaitTimeout:
         return None if backend.revisions() is not None else f"drain window of {timeout:g} s elapsed"
-    return "in-flight reached 0"
+    seen = (backend.revisions() or {}).get(revision, {})
+    return "instance count reached 0" if seen.get("inflight", 0) is None else "in-flight reached 0"

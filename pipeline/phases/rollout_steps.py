@@ -344,13 +344,18 @@ def do_production(r: Rollout) -> dict[str, Any]:
         if not facts:
             return
         inflight = facts.get("inflight", 0)
+        need = {}  # Cloud Monitoring gives no in-flight figures: no shortfall is measured
+        if inflight is not None:
+            need = {
+                "inflight": inflight,
+                "instances_needed": max(1, math.ceil(inflight / concurrency)),
+            }
         r.run.write(
             "metrics",
             "production",
             revision=revision,
             instances=facts.get("instances", 0),
-            inflight=inflight,
-            instances_needed=max(1, math.ceil(inflight / concurrency)),
+            **need,
         )
         peak["instances"] = max(peak["instances"], facts.get("instances", 0))
         for instance in facts.get("instance_list", []):

@@ -144,6 +144,7 @@ def open_rollout(
             **({"image": shipped} if shipped else {}),
             **begin,
         )
+        record_queries(backend, run)
         state = fresh(
             run.writer.run_id,
             settings.service,
@@ -241,6 +242,7 @@ def resume(
         action=action,
         endpoint=state.endpoint,
     )
+    record_queries(backend, run)
     rollout = Rollout(run, api, env, backend, state_path, state)
     if state.phase == "deploy":
         rollout.template = Template.of(env.cloudrun, state.image)
@@ -293,5 +295,12 @@ def _note(view: View | None) -> Callable[[str], None] | None:
     return view.note if view is not None else None
 
 
+def record_queries(backend: Backend, run: PhaseRun) -> None:
+    """A provider that queries (Cloud Monitoring) writes each query and its points as a
+    `metric` receipt of the run, so the rollout's evidence is re-readable offline."""
+    if hasattr(backend, "record"):
+        backend.record = lambda query: run.write("metric", "metrics", **query)
+
+
 def _default_backend(env: Env, endpoint: str | None) -> Backend:
-    return default_backend(env.cloudrun, endpoint)
+    return default_backend(env.cloudrun, endpoint, env.monitoring.endpoint)
