@@ -224,3 +224,28 @@ def test_a_bad_query_is_invalid_argument_naming_the_clause(served, filter_, aggr
 
     with pytest.raises(exceptions.InvalidArgument, match=says):
         listed(served, filter_, **aggregation)
+
+
+def test_counts_come_from_per_second_counters_that_outlive_the_latency_ring():
+    """70,000 answers in one second are counted whole (the ring of recent latencies holds far
+    fewer), and the counters keep one hour of seconds, no more."""
+    from pipeline.emulator.router import Stats
+
+    resource = {"service_name": "s", "revision_name": "s-1", "location": "l"}
+    snap = mon.RevisionSnapshot(resource, requests=[], instances=[], counts=[(100.5, 200, 70000)])
+    query = mon.Query(
+        mon.REQUEST_COUNT,
+        {"metric.type": mon.REQUEST_COUNT},
+        0.0,
+        200.0,
+        200,
+        "ALIGN_DELTA",
+        "REDUCE_NONE",
+        (),
+    )
+    [(series, points)] = mon.list_time_series(query, [snap])
+    assert points == [(0.0, 200.0, 70000.0)]
+    stats = Stats()
+    for second in range(5000):
+        stats.count(second + 0.2, 200)
+    assert min(stats.per_second) >= 5000 - 1 - 3600 and len(stats.per_second) <= 3602

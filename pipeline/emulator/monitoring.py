@@ -46,8 +46,9 @@ class BadRequest(ValueError):
 @dataclass(frozen=True)
 class RevisionSnapshot:
     resource: dict[str, str]  # the resource labels
-    requests: list[tuple[float, float, int]]  # (wall time, latency ms, status)
+    requests: list[tuple[float, float, int]]  # (wall time, latency ms, status): recent ones
     instances: list[tuple[float, int, int]]  # (wall time, active, idle)
+    counts: list[tuple[float, int, int]] = field(default_factory=list)  # (wall, status, answers)
 
 
 # ------------------------------------------------------------------------------ filters
@@ -111,13 +112,20 @@ def raw_series(metric: str, revisions: Iterable[RevisionSnapshot]) -> list[Serie
                 series.samples = [(s[0], float(s[column])) for s in rev.instances]
                 out[(rev.resource["revision_name"], state)] = series
             continue
-        for when, latency, status in rev.requests:
+        # counts from the per-second counters (the last hour, whatever the rate); latencies
+        # from the ring of recent answers
+        rows = (
+            [(when, float(n), status) for when, status, n in rev.counts]
+            if metric == REQUEST_COUNT
+            else rev.requests
+        )
+        for when, value, status in rows:
             code = str(status)
             key = (rev.resource["revision_name"], code)
             if key not in out:
                 cls = f"{status // 100}xx" if 0 < status < 600 else "5xx"
                 out[key] = Series({"response_code": code, "response_code_class": cls}, rev.resource)
-            out[key].samples.append((when, 1.0 if metric == REQUEST_COUNT else latency))
+            out[key].samples.append((when, value))
     return [out[k] for k in sorted(out)]
 
 
@@ -206,7 +214,7 @@ def align(series: Series, query: Query) -> list[tuple[float, float, float]]:
 def _value(query: Query, values: list[float], period: int) -> float:
     aligner = query.aligner
     if query.metric == REQUEST_COUNT:
-        total = float(len(values))
+        total = math.fsum(values)  # answers per second of the counters
         return total / period if aligner == "ALIGN_RATE" else total
     if aligner.startswith("ALIGN_PERCENTILE_"):
         return percentile(sorted(values), float(aligner.rsplit("_", 1)[1]))
@@ -420,6 +428,12 @@ def snapshot_of(revisions: Iterable[Any], project: str) -> list[RevisionSnapshot
             "configuration_name": parts[5],
             "revision_name": parts[7],
         }
-        requests = [(t + offset, lat, status) for t, lat, status in rr.pool.stats.since(0.0)]
-        out.append(RevisionSnapshot(resource, requests, list(rr.instance_history)))
+        stats = rr.pool.stats
+        requests = [(t + offset, lat, status) for t, lat, status in stats.since(0.0)]
+        counts = [
+            (second + 0.5 + offset, status, n)
+            for second, by_status in list(stats.per_second.items())
+            for status, n in by_status.items()
+        ]
+        out.append(RevisionSnapshot(resource, requests, list(rr.instance_history), counts))
     return out

@@ -38,7 +38,8 @@ _now = time.perf_counter
 _MAX_HEAD = 64 * 1024
 _MAX_BODY = 32 * 1024 * 1024
 _PAUSE_AT = 1024 * 1024
-_LAT_RING = 65536  # the last requests' latency, time and status: metrics and Monitoring read it
+_LAT_RING = 16384  # the last requests' latency, time and status: metrics and Monitoring read it
+_HISTORY_S = 3600  # per-second answer counts kept this long (Monitoring's request_count)
 _LAT_MASK = _LAT_RING - 1
 _MAX_RETRIES = 3
 
@@ -107,6 +108,7 @@ class Stats:
         "lat_t",
         "lat_s",
         "lat_i",
+        "per_second",
     )
 
     def __init__(self) -> None:
@@ -118,6 +120,18 @@ class Stats:
         self.lat_t = [0.0] * _LAT_RING
         self.lat_s = [0] * _LAT_RING  # the status answered
         self.lat_i = 0
+        self.per_second: dict[int, dict[int, int]] = {}  # second → status → answers
+
+    def count(self, now: float, status: int) -> None:
+        """One answer with `status` in the second of `now` (the last hour's seconds are kept)."""
+        second = int(now)
+        bucket = self.per_second.get(second)
+        if bucket is None:
+            bucket = self.per_second[second] = {}
+            if len(self.per_second) > _HISTORY_S:
+                for old in [s for s in self.per_second if s < second - _HISTORY_S]:
+                    del self.per_second[old]
+        bucket[status] = bucket.get(status, 0) + 1
 
     def latencies(self, window_s: float | None = None) -> list[float]:
         n = min(self.lat_i, _LAT_RING)
@@ -313,6 +327,7 @@ class Pool:
         st.lat_t[i] = now
         st.lat_s[i] = status
         st.lat_i += 1
+        st.count(now, status)
         slot.inflight -= 1
         self.inflight -= 1
         if self.queue and slot.state == READY:
@@ -335,6 +350,7 @@ class Pool:
         st.lat_t[i] = now
         st.lat_s[i] = status
         st.lat_i += 1
+        st.count(now, status)
         client.reply(error_response(status, reason, message, self.header))
 
     def refused(self, slot: Slot, client: ClientConn, exc: BaseException) -> None:
@@ -948,6 +964,7 @@ class UpConn(asyncio.Protocol):
             st.requests += 1
             st.failed += 1
             st.codes[5] += 1
+            st.count(_now(), 502)
             client.keep = False
             client.done(False)
         if slot.inflight == 0 and slot.state == DRAINING:
