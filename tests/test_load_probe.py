@@ -58,7 +58,9 @@ class Server:
     stall_s: float = 0.5
     url: str = ""
     hits: Counter = field(default_factory=Counter)
-    peers: set = field(default_factory=set)  # client (host, port) of every request
+    # every connection that carried a request (the transports themselves: a client port may be
+    # reused by a later connection, so addresses would undercount reconnections)
+    conns: set = field(default_factory=set)
     bodies: list[bytes] = field(default_factory=list)
     health_count: int = 0
     stall_until: float = 0.0
@@ -74,7 +76,7 @@ class Server:
     def _count(self, request: web.Request) -> None:
         self.hits[request.path] += 1
         assert request.transport is not None
-        self.peers.add(request.transport.get_extra_info("peername"))
+        self.conns.add(request.transport)
 
     async def health(self, request: web.Request) -> web.Response:
         self._count(request)
@@ -232,7 +234,7 @@ def test_closed_loop_round_robin_keepalive_and_counts(server: Server) -> None:
         assert r.scheduled_s == r.sent_s and r.latency_ms == r.service_ms
         assert r.sent_s < 1.0
     # keep-alive: four connections carried everything
-    assert len(server.peers) == 4
+    assert len(server.conns) == 4
     assert summary.achieved_rps == pytest.approx(summary.completed / 1.0, rel=0.05)
     lat = sorted(r.latency_ms for r in results)
     assert summary.p50_ms == pytest.approx(percentile(lat, 50))
@@ -320,7 +322,7 @@ def test_framing_chunked_close_and_no_body(server: Server) -> None:
     assert {r.target for r in results} == {t.name for t in targets}
     assert summary.passed == summary.completed, [r for r in results if not r.passed][:3]
     # every /close answer ended its connection: the workers reconnected
-    assert len(server.peers) > sum(r.target == "close" for r in results)
+    assert len(server.conns) > sum(r.target == "close" for r in results)
     _check_invariants(summary, results)
 
 
