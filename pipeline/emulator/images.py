@@ -213,30 +213,15 @@ class ImageResolver:
 
 
 def _start_facts(config: Mapping[str, Any], rootfs: str) -> dict[str, Any]:
-    """argv, env, uid, gid and cwd from an image config, and the release's name (from its
-    entrypoint /opt/<name>/bin/<name>)."""
-    runtime = config.get("config") or {}
-    argv = [*(runtime.get("Entrypoint") or []), *(runtime.get("Cmd") or [])]
-    if not argv:
-        raise invalid("the image has no Entrypoint or Cmd: nothing to start")
-    uid, _, gid = str(runtime.get("User") or "0").partition(":")
-    if not uid.isdigit() or (gid and not gid.isdigit()):
-        raise invalid(f"image user {runtime.get('User')!r}: only numeric uid[:gid] is supported")
-    parts = Path(argv[0]).parts
-    name = (
-        parts[2]
-        if len(parts) >= 5 and parts[1] == "opt" and parts[3] == "bin"
-        else Path(argv[0]).name
-    )
-    return {
-        "argv": argv,
-        "env": dict(e.split("=", 1) for e in runtime.get("Env") or [] if "=" in e),
-        "uid": int(uid),
-        "gid": int(gid or uid),
-        "cwd": runtime.get("WorkingDir") or "/",
-        "name": name,
-        "release_root": str(Path(rootfs) / "opt" / name),
-    }
+    """oci.start_facts, and where the release sits in the unpacked root; a 400 when the
+    config cannot start anything."""
+    from pipeline.image.oci import start_facts
+
+    try:
+        facts = start_facts(dict(config))
+    except PipelineError as exc:
+        raise invalid(str(exc)) from None
+    return {**facts, "release_root": str(Path(rootfs) / "opt" / facts["name"])}
 
 
 def check_readable(image: Image) -> ApiError | None:

@@ -52,6 +52,29 @@ def descriptor(
     return {"mediaType": media_type, "digest": data_or_digest, "size": size, **extra}
 
 
+def start_facts(config: dict[str, Any]) -> dict[str, Any]:
+    """How an image config starts its container: argv (Entrypoint + Cmd), env, numeric uid and
+    gid, working dir, and the release's name (its entrypoint /opt/<name>/bin/<name>)."""
+    runtime = config.get("config") or {}
+    argv = [*(runtime.get("Entrypoint") or []), *(runtime.get("Cmd") or [])]
+    if not argv:
+        raise PipelineError("the image has no Entrypoint or Cmd: nothing to start")
+    user = str(runtime.get("User") or "0")
+    uid, _, gid = user.partition(":")
+    if not uid.isdigit() or (gid and not gid.isdigit()):
+        raise PipelineError(f"image user {user!r}: only numeric uid[:gid] is supported")
+    parts = Path(argv[0]).parts
+    in_opt = len(parts) >= 5 and parts[1] == "opt" and parts[3] == "bin"
+    return {
+        "argv": argv,
+        "env": dict(e.split("=", 1) for e in runtime.get("Env") or [] if "=" in e),
+        "uid": int(uid),
+        "gid": int(gid or uid),
+        "cwd": runtime.get("WorkingDir") or "/",
+        "name": parts[2] if in_opt else Path(argv[0]).name,
+    }
+
+
 # ------------------------------------------------------------------------------ references
 
 

@@ -50,18 +50,10 @@ def recipe_for(env: Env, release: releases.Release, info: releases.ReleaseInfo) 
 def image_root(layout: oci.Layout, tag: str, rootfs: Path) -> ImageRoot:
     """How the image at `tag` in `layout` starts, once unpacked into `rootfs`."""
     _, manifest = layout.manifest(tag)
-    config = layout.read_json(manifest["config"]["digest"]).get("config", {})
-    user = str(config.get("User") or "0")
-    uid, _, gid = user.partition(":")
-    try:
-        ids = int(uid), int(gid or uid)
-    except ValueError:
-        raise PipelineError(f"image user {user!r}: only numeric uid[:gid] is supported") from None
-    argv = [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]
-    if not argv:
-        raise PipelineError("the image has no Entrypoint or Cmd: nothing to start")
-    env = dict(item.split("=", 1) for item in config.get("Env") or [] if "=" in item)
-    return ImageRoot(rootfs, tuple(argv), env, ids[0], ids[1], config.get("WorkingDir") or "/")
+    facts = oci.start_facts(layout.read_json(manifest["config"]["digest"]))
+    return ImageRoot(
+        rootfs, tuple(facts["argv"]), facts["env"], facts["uid"], facts["gid"], facts["cwd"]
+    )
 
 
 class ImageRuntime:
@@ -90,8 +82,10 @@ class ImagePlay:
         runtime: ImageRuntime,
         ref: oci.Reference | None,
         edit_closure: Callable[[elf.Closure], elf.Closure] | None,
+        host: build.Host,
     ):
         self.run, self.live, self.info, self.runtime = run, live, info, runtime
+        self.host = host
         self.ref = ref
         self.edit_closure = edit_closure
         self.layout_dir = run.path.parent / "image"
@@ -120,7 +114,7 @@ class ImagePlay:
         with self.run.stage("image") as stage:
             began = time.monotonic()
             release = self.live.release
-            host = build.Host.find()
+            host = self.host
             left_out = build.never_run(release)
             closure = elf.closure(release.root, host.root, frozenset(left_out))
             if self.edit_closure is not None:
@@ -210,7 +204,7 @@ def run_image_build(
     tarball = Path(tarball)
     info = releases.inspect(tarball)
     ref = target_ref(env, tag, info)
-    build.Host.find()
+    host = build.Host.find()
     runsc = check_host(env.sandbox.runsc, str(env.path))
     runtime = ImageRuntime(GvisorRuntime(env.sandbox, runsc))
     return run_phase_frame(
@@ -218,7 +212,7 @@ def run_image_build(
         tarball,
         env,
         env.gate_spec("image"),
-        lambda run, live: ImagePlay(run, live, info, runtime, ref, edit_closure),
+        lambda run, live: ImagePlay(run, live, info, runtime, ref, edit_closure, host),
         info=info,
         runtime=runtime,
         port=0,
