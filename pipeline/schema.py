@@ -26,7 +26,7 @@ _DECLARED: dict[str, tuple[str, str, str]] = {
         "tool:str tool_version:str env:str host:str release:obj",
         "env_file:str platform:str python:str runtime:str workdir:str load:obj sandbox:obj "
         "stages:list scenario:obj preflight:obj endpoint:str service:str action:str "
-        "resumed_from:str target:str pid:int rate:num duration_s:num seconds:num closed:bool image:obj",
+        "resumed_from:str target:str pid:int rate:num duration_s:num seconds:num closed:bool image:obj started_emulator:str",
     ),
     "stage": (
         "a stage started, ended or was skipped",
@@ -187,7 +187,7 @@ _DECLARED: dict[str, tuple[str, str, str]] = {
     "crashed": (
         "runs.recover closed a killed run",
         "reason:str last_receipt:str stopped:list removed:list dropped_bytes:int",
-        "",
+        "traffic:str",
     ),
     "seal": ("the last line", "count:int head:str", "hmac:str"),
 }

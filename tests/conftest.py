@@ -22,6 +22,7 @@ pytest_plugins = [
 # in `runsc list` and the cgroups during a test, machine-wide. Every other module is a unit of its
 # own (its module-scoped fixtures start once; some tests build on the one before).
 SANDBOX_MODULES = {
+    "test_chaos_sandbox.py",
     "test_demo.py",
     "test_emulator_lifecycle.py",
     "test_gvisor.py",
@@ -45,6 +46,7 @@ LONGEST_FIRST = (
     "tests/test_week5.py",
     "tests/test_emulator_api.py",
     "tests/test_chaos.py",
+    "tests/test_chaos_rollout.py",
     "tests/test_week3.py",
     "tests/test_load_probe.py",
     "tests/test_reference_release.py",
@@ -71,6 +73,8 @@ COMPONENT_FIXTURES = {
     "registry_factory": "registry",
 }
 COMPONENT_MODULES = {
+    "test_chaos_sandbox.py": ("gvisor", "release"),
+    "test_chaos_rollout.py": ("emulator", "release"),
     "test_week5.py": ("emulator",),
     "test_emulator_lifecycle.py": ("emulator",),
     "test_demo.py": ("emulator", "gvisor", "release"),

@@ -11,6 +11,10 @@ Fixtures:
   module-level dict a test module may define, overrides its ``[emulator]`` keys).
 - ``emulator`` (function): the module's shared emulator; at teardown every service is deleted and
   every instance stopped (``POST /emulator/v1/reset``), so no instance outlives the test.
+- ``cloud`` (module): an emulator started as users start it (``start --background``) with an env
+  for week 5 whose windows are short (``env``, ``env_file``, ``runs``, ``port``); the module's
+  runs dir is PIPELINE_RUNS_DIR meanwhile. ``gates_passed(tarball)`` runs weeks 3 and 4 on it
+  (week 5's preflight looks for their passes).
 
 The handle gives ``url``, ``services()`` / ``revisions()`` (official ``google.cloud.run_v2``
 clients over REST), ``POLL`` (fast polling for ``op.result(polling=...)``), ``metrics(service)``,
@@ -24,6 +28,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,8 +36,13 @@ from urllib.parse import urlsplit
 
 import psutil
 import pytest
+from conftest import shared_processes
 
+from pipeline import config
+from pipeline.runtime.process import free_port
 from pipeline.waiting import poll
+
+REPO = Path(__file__).resolve().parent.parent
 
 PARENT = "projects/taiea-test/locations/us-central1"
 START_TIMEOUT = 60.0
@@ -297,3 +307,65 @@ def emulator(shared_emulator: EmulatorHandle) -> Iterator[EmulatorHandle]:
     yield shared_emulator
     if shared_emulator.proc is not None and shared_emulator.proc.poll() is None:
         shared_emulator.reset()
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory):
+    """An emulator on a free port, run as its own process (tests talk to it over HTTP only),
+    with an env whose windows are short; stopped with every instance at the end."""
+    base = tmp_path_factory.mktemp("cloud")
+    port = free_port()
+    env_file = base / "cloudrun-test.toml"
+    env_file.write_text(
+        f'extends = "{REPO / "envs" / "cloudrun-local.toml"}"\n'
+        f"[emulator]\nport = {port}\nscale_in_delay_s = 60\n"
+        f'[cloudrun]\nendpoint = "http://127.0.0.1:{port}"\nmin_instances = 1\n'
+        "bake_s = 4\nbake_rate = 200\nproduction_s = 3\nproduction_rate = 200\ndrain_timeout_s = 20\n"
+    )
+    runs = base / "runs"
+    environ = {**os.environ, "PIPELINE_RUNS_DIR": str(runs)}
+    state = base / "emulator-state"
+    command = [sys.executable, "-m", "pipeline.emulator"]
+    started = subprocess.run(
+        [
+            *command,
+            "start",
+            "--background",
+            "--port",
+            str(port),
+            "--env",
+            str(env_file),
+            "--state-dir",
+            str(state),
+        ],
+        cwd=REPO,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert started.returncode == 0, started.stderr
+    with pytest.MonkeyPatch.context() as patch, shared_processes(base):
+        patch.setenv("PIPELINE_RUNS_DIR", str(runs))
+        try:
+            yield {
+                "env": config.load_env(env_file),
+                "env_file": env_file,
+                "runs": runs,
+                "port": port,
+            }
+        finally:
+            subprocess.run(
+                [*command, "stop", "--state-dir", str(state)], cwd=REPO, env=environ, timeout=120
+            )
+
+
+def gates_passed(tarball: Path) -> Path:
+    """Weeks 3 and 4 on the tarball (their passes are what the preflight looks for)."""
+    from pipeline.phases.week3 import run_week3
+    from pipeline.phases.week4 import run_week4
+
+    local = config.load_env("local")
+    assert run_week3(tarball, local, duration=2).verdict.passed
+    assert run_week4(tarball, local).verdict.passed
+    return tarball

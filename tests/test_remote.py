@@ -263,6 +263,44 @@ def test_host_going_away_mid_load_fails_the_gate_in_bounded_time(
     poll(lambda: True if not any((remote_dir / "runs").iterdir()) else None, timeout=15)
 
 
+@pytest.mark.chaos
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGKILL"])
+def test_a_pipeline_killed_mid_load_leaves_nothing_on_the_host(
+    sshd, reference_tarball, tmp_path, signame
+):
+    """SIGTERM: stopped like Ctrl-C, sealed, naming the signal. SIGKILL: the connection drops
+    with the process; the wrapper on the host stops the release and removes its run dir (the
+    host cleans up: runs.recover never stops a remote run's pids here). The env keeps the
+    product's defaults but for the remote dir."""
+    from fixtures_chaos import assert_ended_by, kill_at, processes_under, recover
+
+    remote_dir = tmp_path / "host"
+    env_file = tmp_path / "remote-defaults.toml"
+    env_file.write_text(
+        f'extends = "{REPO / "envs" / "local.toml"}"\n[remote]\ndir = {json.dumps(str(remote_dir))}\n'
+    )
+    out = tmp_path / "r.jsonl"
+    command = [INVOKE, "phase2.week3", "--tarball", str(reference_tarball()),
+               "--env", str(env_file), "--duration", "20", "--receipts", str(out),
+               "--host", sshd.host, "--identity", str(sshd.identity),
+               "--known-hosts", str(sshd.known_hosts)]  # fmt: skip
+    killed = kill_at(command, lambda: out, "load", signame)
+    assert_ended_by(killed, signame)
+    grace = config.load_env(env_file).start.stop_grace_s
+    poll(
+        lambda: True if not any((remote_dir / "runs").iterdir()) else None,
+        timeout=grace + 10,
+        what="the host to remove the run dir",
+    )
+    assert not processes_under(remote_dir), "the release outlived the pipeline on the host"
+    if signame == "SIGKILL":
+        closed = recover(out)
+        assert closed[-2]["kind"] == "crashed" and closed[-2]["stopped"] == []
+    verified = receipts.verify(out)
+    assert verified.ok and verified.sealed, verified.describe()
+    assert not Path(records(out)[0]["workdir"]).exists()
+
+
 @pytest.fixture
 def full_disk(tmp_path):
     """A 1 MiB tmpfs as the remote dir: the 8 MiB upload cannot fit."""

@@ -13,83 +13,21 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import shared_processes
+from fixtures_emulator import gates_passed
 
 from pipeline import config, receipts
 from pipeline.cloudrun.rollout import RolloutState
-from pipeline.phases.week3 import run_week3
-from pipeline.phases.week4 import run_week4
 from pipeline.phases.week5 import resume, run_week5
-from pipeline.runtime.process import free_port
 from pipeline.waiting import poll
 
 REPO = Path(__file__).resolve().parent.parent
 INVOKE = str(Path(sys.executable).parent / "invoke")
 
 
-@pytest.fixture(scope="module")
-def cloud(tmp_path_factory):
-    """An emulator on a free port, run as its own process (tests talk to it over HTTP only),
-    with an env whose windows are short; stopped with every instance at the end."""
-    base = tmp_path_factory.mktemp("cloud")
-    port = free_port()
-    env_file = base / "cloudrun-test.toml"
-    env_file.write_text(
-        f'extends = "{REPO / "envs" / "cloudrun-local.toml"}"\n'
-        f"[emulator]\nport = {port}\nscale_in_delay_s = 60\n"
-        f'[cloudrun]\nendpoint = "http://127.0.0.1:{port}"\nmin_instances = 1\n'
-        "bake_s = 4\nbake_rate = 200\nproduction_s = 3\nproduction_rate = 200\ndrain_timeout_s = 20\n"
-    )
-    runs = base / "runs"
-    environ = {**os.environ, "PIPELINE_RUNS_DIR": str(runs)}
-    state = base / "emulator-state"
-    command = [sys.executable, "-m", "pipeline.emulator"]
-    started = subprocess.run(
-        [
-            *command,
-            "start",
-            "--background",
-            "--port",
-            str(port),
-            "--env",
-            str(env_file),
-            "--state-dir",
-            str(state),
-        ],
-        cwd=REPO,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert started.returncode == 0, started.stderr
-    with pytest.MonkeyPatch.context() as patch, shared_processes(base):
-        patch.setenv("PIPELINE_RUNS_DIR", str(runs))
-        try:
-            yield {
-                "env": config.load_env(env_file),
-                "env_file": env_file,
-                "runs": runs,
-                "port": port,
-            }
-        finally:
-            subprocess.run(
-                [*command, "stop", "--state-dir", str(state)], cwd=REPO, env=environ, timeout=120
-            )
-
-
 @pytest.fixture(autouse=True)
 def _shared_runs(cloud, monkeypatch):
     """All tests of this module share one ledger (week 5's preflight reads it)."""
     monkeypatch.setenv("PIPELINE_RUNS_DIR", str(cloud["runs"]))
-
-
-def gates_passed(tarball: Path) -> Path:
-    """Weeks 3 and 4 on the tarball (their passes are what the preflight looks for)."""
-    local = config.load_env("local")
-    assert run_week3(tarball, local, duration=2).verdict.passed
-    assert run_week4(tarball, local).verdict.passed
-    return tarball
 
 
 def service_uri(cloud) -> str:

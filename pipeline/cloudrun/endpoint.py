@@ -68,7 +68,10 @@ def start_endpoint(
     if where is None or not _silent_local(env, where):
         return where, False
     port = urlsplit(where).port or 8089
-    started = _emulator("start", "--background", "--port", str(port), "--env", str(env.path))
+    started = _emulator(
+        "start", "--background", "--port", str(port), "--env", str(env.path),
+        "--state-dir", str(emulator_state_dir()),
+    )  # fmt: skip
     if started.returncode != 0:
         raise PipelineError(
             f"no Cloud Run API answers at {where} and the emulator did not start: {started.stderr.strip()}"
@@ -89,15 +92,32 @@ def start_endpoint(
     return where, True
 
 
-def stop_emulator(env: Env, note: Callable[[str], None] | None = None) -> None:
-    """Stop the emulator `start_endpoint` started (same state dir: the runs dir's)."""
-    _emulator("stop")
-    if note is not None:
+def emulator_state_dir() -> Path:
+    """Where an emulator a run starts keeps its state: the runs dir's `emulator/`."""
+    from pipeline.receipts import runs_dir
+
+    return (runs_dir() / "emulator").resolve()
+
+
+def stop_emulator(
+    env: Env | None, note: Callable[[str], None] | None = None, state_dir: Path | None = None
+) -> bool:
+    """Stop the emulator `start_endpoint` started (same state dir: the runs dir's); whether
+    one was running there."""
+    import json
+
+    done = _emulator("stop", "--json", "--state-dir", str(state_dir or emulator_state_dir()))
+    try:
+        was_running = bool(json.loads(done.stdout.strip().splitlines()[-1])["was_running"])
+    except (ValueError, IndexError, KeyError, TypeError):
+        was_running = False
+    if note is not None and env is not None:
         note(
             "stopped the emulator this run started; its services are kept: "
             f"`invoke emulator.start --background --env {env.path}` brings them back "
             "(--keep-emulator leaves it running)"
         )
+    return was_running
 
 
 def _emulator(*args: str) -> Any:

@@ -14,12 +14,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from pipeline import interrupts, verdicts
 from pipeline import receipts as receipt_log
 from pipeline import release as releases
-from pipeline import verdicts
 from pipeline.catalogue import GATE_NAMES
 from pipeline.cloudrun.client import CloudRun, RunV2, Template
-from pipeline.cloudrun.endpoint import endpoint_for, start_endpoint, stop_emulator
+from pipeline.cloudrun.endpoint import (
+    emulator_state_dir,
+    endpoint_for,
+    start_endpoint,
+    stop_emulator,
+)
 from pipeline.cloudrun.metrics import Backend, default_backend
 from pipeline.cloudrun.rollout import RolloutState, check_steps, fresh
 from pipeline.config import Env
@@ -142,6 +147,9 @@ def open_rollout(
             service=settings.service,
             preflight=preflight_facts,
             **({"image": shipped} if shipped else {}),
+            # killed outright, this run leaves the emulator serving (as Cloud Run would);
+            # runs.recover stops it, cloudrun.resume starts it again
+            **({"started_emulator": str(emulator_state_dir())} if started else {}),
             **begin,
         )
         record_queries(backend, run)
@@ -177,7 +185,15 @@ def finish_rollout(
         rollout.save()
         drive(rollout, kinds)
     except KeyboardInterrupt:
-        run.interrupt()
+        why = run.interrupt()
+        state = rollout.state
+        run.error(
+            None,
+            f"{why}: the rollout stopped at {state.phase} with {state.current_percent} % on "
+            f"{state.candidate or 'the candidate'}; `invoke cloudrun.resume --state "
+            f"{rollout.state_path}` continues it",
+            signal=interrupts.cause(),
+        )
     except Exception as exc:  # judged (failing) and sealed, then raised: exit 1 (a bug) or 2
         run.crash(exc)
         run.finish(spec)
@@ -233,21 +249,29 @@ def resume(
         state = replace(
             state, phase="rollback", reason=state.reason or "rollback requested by hand"
         )
-    api = (api_factory or (lambda e, url: RunV2(e.cloudrun, endpoint=url)))(env, state.endpoint)
-    backend = (backend_factory or _default_backend)(env, state.endpoint)
-    run = PhaseRun("week5", env, receipts_path=receipts, view=view)
-    run.begin(
-        {"sha256": state.release_sha256, "version": state.release_version},
-        resumed_from=state.run_id,
-        action=action,
-        endpoint=state.endpoint,
-    )
-    record_queries(backend, run)
-    rollout = Rollout(run, api, env, backend, state_path, state)
-    if state.phase == "deploy":
-        rollout.template = Template.of(env.cloudrun, state.image)
     spec = env.gate_spec(env.phase("week5").gate or "week5")
-    return finish_rollout(rollout, spec)
+    started = False
+    if api_factory is None:  # the emulator it ran on may have been stopped (runs.recover)
+        started = start_endpoint(env, state.endpoint, _note(view))[1]
+    try:
+        api = (api_factory or (lambda e, url: RunV2(e.cloudrun, endpoint=url)))(env, state.endpoint)
+        backend = (backend_factory or _default_backend)(env, state.endpoint)
+        run = PhaseRun("week5", env, receipts_path=receipts, view=view)
+        run.begin(
+            {"sha256": state.release_sha256, "version": state.release_version},
+            resumed_from=state.run_id,
+            action=action,
+            endpoint=state.endpoint,
+            **({"started_emulator": str(emulator_state_dir())} if started else {}),
+        )
+        record_queries(backend, run)
+        rollout = Rollout(run, api, env, backend, state_path, state)
+        if state.phase == "deploy":
+            rollout.template = Template.of(env.cloudrun, state.image)
+        return finish_rollout(rollout, spec)
+    finally:
+        if started:
+            stop_emulator(env, _note(view))
 
 
 def latest_state() -> Path:

@@ -93,6 +93,36 @@ def container_id(run_id: str, role: str = "r") -> str:
     return f"taiea-{_ID_UNSAFE.sub('-', run_id)}-{role}{uuid.uuid4().hex[:6]}"
 
 
+def _of_run(run_id: str) -> re.Pattern[str]:
+    """Names a run's sandboxes carry: the container id (also its cgroups' name), and the id
+    with a dash and mkdtemp's suffix (its bundle dir)."""
+    return re.compile(rf"taiea-{re.escape(_ID_UNSAFE.sub('-', run_id))}-[a-z]+[0-9a-f]{{6}}(-.*)?")
+
+
+def remove_leftovers(run_id: str, runsc_name: str = "runsc") -> list[str]:
+    """What a run killed outright left of its sandboxes, found by the run id each name
+    carries, removed: containers still in `runsc list` (killed, deleted), their cgroups, their
+    bundle dirs. Returns what was removed (`runs.recover` records it)."""
+    named = _of_run(run_id)
+    removed: list[str] = []
+    path = find_runsc(runsc_name)
+    if path is not None and os.geteuid() == 0:
+        runsc = Runsc(path)
+        for cid in runsc.list_ids():
+            if named.fullmatch(cid):
+                runsc.kill(cid, "KILL")
+                runsc.delete(cid)
+                removed.append(f"runsc container {cid}")
+    for cgroup in sorted({p.name for p in CGROUP_ROOT.glob("*/taiea-*") if p.is_dir()}):
+        if named.fullmatch(cgroup) and not Cgroup(cgroup).remove():
+            removed.append(f"cgroup {cgroup}")
+    for bundle in Path(tempfile.gettempdir()).glob("taiea-*"):
+        if bundle.is_dir() and not bundle.is_symlink() and named.fullmatch(bundle.name):
+            shutil.rmtree(bundle, ignore_errors=True)
+            removed.append(str(bundle))
+    return removed
+
+
 @dataclass(frozen=True)
 class Limits:
     """The sandbox's constraints as the OCI config and the cgroup express them."""
@@ -445,7 +475,7 @@ class Sandbox:
         self.limits = limits
         self.id = cid
         self.cgroup = Cgroup(cid)
-        self.bundle = Path(tempfile.mkdtemp(prefix="taiea-gvisor-"))
+        self.bundle = Path(tempfile.mkdtemp(prefix=f"{cid}-"))  # found by run id if we die
         self.log_path = self.bundle / "runsc.log"
         self.leftovers: list[str] = []
         try:

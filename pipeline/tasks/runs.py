@@ -23,7 +23,7 @@ def recover(c, runs=None, receipts=None, json=False):
         import orjson
 
         from pipeline import receipts as receipt_log
-        from pipeline import recovery
+        from pipeline.phases import recovery
 
         if receipts:
             paths = [receipt_log.receipts_file(receipts)]
@@ -36,6 +36,10 @@ def recover(c, runs=None, receipts=None, json=False):
             else:
                 stopped = ", ".join(map(str, done.stopped)) or "nothing left running"
                 print(f"{path}: closed as crashed (run {done.run_id}); stopped: {stopped}")
+                for what in done.removed:
+                    print(f"  removed {what}")
+                if done.traffic:
+                    print(f"  {done.traffic}")
         if not paths and not json:
             print("no unsealed run: nothing to recover")
 

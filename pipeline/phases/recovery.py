@@ -4,8 +4,17 @@ record appended. No line is ever rewritten: the chain verifies as far as the run
 `crashed` record makes every later gate.check fail (gates.check).
 
 What counts as a leftover is what the run itself recorded: the release processes named by its
-`startup` receipts (still alive, started no earlier than the run, an Erlang VM or a sandbox) and
-its temp dir (the `run` record's `workdir`, only a `taiea-*` dir in the temp folder).
+`startup` receipts (still alive, started no earlier than the run, an Erlang VM or a sandbox), its
+temp dir (the `run` record's `workdir`, only a `taiea-*` dir in the temp folder), the sandboxes
+of a gvisor run (containers, cgroups and bundle dirs all carry its run id: the id is the proof)
+and the emulator a week 5 run started (`started_emulator`: its state dir). A remote run's pids
+are the host's, never stopped here: its wrapper on the host stops the release and removes its
+run dir when the SSH connection drops (runtime/remote.py), as it does when we die. A week 5 run
+killed mid-canary also gets its traffic put back to the last completed step, as Ctrl-C would.
+
+Why week 5's emulator outlives a SIGKILL until then: it stands for Cloud Run, which keeps
+serving when a pipeline dies; the service stays at the step the rollout reached. Stopped here, its
+services are kept; `cloudrun.resume` starts it again.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ class Recovered:
     stopped: list[int] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     dropped_bytes: int = 0  # a last line cut off mid-write
+    traffic: str | None = None  # week 5: where the canary's traffic was put back
 
 
 def unsealed(root: Path) -> list[Path]:
@@ -77,14 +87,23 @@ def recover(path: Path) -> Recovered:
     first, last = records[0], records[-1]
     done = Recovered(path, str(last.get("run_id")), dropped_bytes=len(data) - complete)
     began = _epoch(str(first.get("ts", "")))
-    for record in records:
+    remote = first.get("runtime") == "remote"  # its pids are the host's; the host cleans up
+    for record in records if not remote else ():
         if record.get("kind") == "startup" and isinstance(record.get("pid"), int):
             if _stop_if_ours(record["pid"], began):
                 done.stopped.append(record["pid"])
+    if first.get("runtime") == "gvisor":
+        from pipeline.runtime import gvisor
+
+        done.removed += gvisor.remove_leftovers(str(first.get("run_id")))
     workdir = first.get("workdir")
     if isinstance(workdir, str) and _ours_to_remove(Path(workdir)):
         shutil.rmtree(workdir, ignore_errors=True)
         done.removed.append(workdir)
+    done.traffic = _traffic_back(path.parent / "rollout.json", first)
+    emulator = first.get("started_emulator")
+    if isinstance(emulator, str) and _stop_emulator(Path(emulator)):
+        done.removed.append(f"emulator of {emulator} (services kept: cloudrun.resume restarts it)")
     if done.dropped_bytes:
         os.truncate(path, complete)  # half a line is no receipt: the chain ends before it
     with open(path, "ab") as fh:
@@ -105,6 +124,7 @@ def recover(path: Path) -> Recovered:
             stopped=done.stopped,
             removed=done.removed,
             dropped_bytes=done.dropped_bytes,
+            **({"traffic": done.traffic} if done.traffic else {}),
         )
         writer.seal()
     return done
@@ -147,6 +167,35 @@ def _stop_if_ours(pid: int, began: float) -> bool:
     return True
 
 
+def _traffic_back(state_path: Path, first: dict[str, Any]) -> str | None:
+    """A rollout killed mid-canary may have moved traffic for a step it never finished: put it
+    back to the last completed step, as Ctrl-C does (rollout_steps.settle_after_stop)."""
+    from pipeline import config
+    from pipeline.cloudrun.client import RunV2
+    from pipeline.cloudrun.rollout import RolloutState, canary_routes
+
+    if first.get("phase") != "week5" or not state_path.is_file():
+        return None
+    state = RolloutState.load(state_path)
+    if state.phase != "canary" or not (state.candidate and state.stable):
+        return None
+    percent, candidate = state.current_percent, state.candidate
+    try:
+        env = config.load_env(str(first.get("env_file")))
+        api = RunV2(env.cloudrun, endpoint=state.endpoint)
+        api.set_traffic(canary_routes(state.stable, candidate, percent, state.tag))
+    except Exception as exc:  # say where traffic may be; the file is closed all the same
+        return f"could not put traffic back to {percent} % on {candidate}: {exc}"
+    return f"traffic back to {percent} % on {candidate} (the last completed step)"
+
+
+def _stop_emulator(state_dir: Path) -> bool:
+    """Stop the emulator a week 5 run started, if it still runs there."""
+    from pipeline.cloudrun.endpoint import stop_emulator
+
+    return state_dir.is_dir() and stop_emulator(None, state_dir=state_dir)
+
+
 def _ours_to_remove(workdir: Path) -> bool:
     temp = Path(tempfile.gettempdir()).resolve()
     try:
@@ -163,4 +212,5 @@ def describe(done: Recovered) -> dict[str, Any]:
         "stopped": done.stopped,
         "removed": done.removed,
         "dropped_bytes": done.dropped_bytes,
+        "traffic": done.traffic,
     }
