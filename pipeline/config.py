@@ -153,6 +153,7 @@ class EmulatorSettings(Strict):
     scale_in_delay_s: float = Field(30.0, ge=0)  # demand stays low this long before scale-in
     max_instances_per_revision: int = Field(20, gt=0)  # this machine's cap on any template's max
     monitoring_port: int = Field(0, ge=0, le=65535)  # Cloud Monitoring (gRPC); 0 picks one
+    binauthz_policy: str | None = None  # a Binary Authorization policy file: images enforced
 
 
 class RemoteSettings(Strict):
@@ -195,6 +196,13 @@ class ImageSettings(Strict):
     registry_port: int = Field(5000, gt=0, le=65535)  # `invoke registry.start`'s default port
 
 
+class AttestSettings(Strict):
+    """Signed gate attestations (owned by pipeline/attest/)."""
+
+    key: str | None = None  # the Ed25519 private key (PIPELINE_ATTEST_KEY wins)
+    policy: str | None = None  # a Binary Authorization policy week 5 checks before deploying
+
+
 class PhaseSettings(Strict):
     load_profile: str | None = None
     gate: str | None = None  # the [gates.X] table this phase is judged by; default: its own name
@@ -219,6 +227,7 @@ class Env(Strict):
     image: ImageSettings = ImageSettings()
     analysis: AnalysisSettings = AnalysisSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    attest: AttestSettings = AttestSettings()
     gates: dict[str, dict[str, list[str]]] = {}
     sources: dict[str, str] = {}  # dotted key → the file that set it (for error messages)
 

@@ -184,3 +184,49 @@ def render_image(console: Console, facts: dict[str, Any]) -> None:
     console.print(table)
     for item in config["env"]:
         console.print(f"env      {item}", highlight=False)
+
+
+def render_attestations(
+    console: Console, image: str, digest: str, rows: list[dict[str, Any]]
+) -> None:
+    """attest.list: one row per attestation on the image's digest, as each states itself."""
+    table = Table(title=f"{image} ({digest[:19]}…)", title_justify="left")
+    for column in ("gate", "verdict", "signer key", "run", "issued"):
+        table.add_column(column)
+    for row in rows:
+        if row.get("problem"):
+            table.add_row("?", f"[red]{row['problem']}[/red]", "", "", "")
+            continue
+        verdict = row.get("verdict")
+        mark = "[green]✓ PASS[/green]" if verdict == "PASS" else f"[red]✗ {verdict}[/red]"
+        keyid = str(row.get("keyid") or "")
+        table.add_row(
+            str(row.get("gate")), mark, keyid[:19] + "…" if len(keyid) > 19 else keyid,
+            str(row.get("run_id")), str(row.get("issued_at")),
+        )  # fmt: skip
+    if not rows:
+        console.print(f"{image}: no attestation on {digest}")
+        return
+    console.print(table)
+
+
+def render_admission(console: Console, checked: Any) -> None:
+    """attest.verify: admitted or denied, each required attestation found or missing, and
+    problems found re-judging receipts."""
+    decision = checked.decision
+    for found in decision.accepted:
+        console.print(
+            f"[green]✓[/green] gate {found['gate']} {found['verdict']} signed by "
+            f"{str(found['keyid'])[:19]}… (run {found['run_id']}, {found['issued_at']})",
+            highlight=False,
+        )
+    for missing in decision.missing:
+        console.print(f"[red]✗[/red] {missing}", highlight=False)
+    for problem in checked.rejudged:
+        console.print(f"[red]✗[/red] {problem}", highlight=False)
+    if checked.passed:
+        console.print(f"[green]admitted[/green]: {decision.image}@{decision.digest}")
+    elif decision.admitted:
+        console.print(f"[yellow]admitted (dry run)[/yellow]: {decision.message}", highlight=False)
+    else:
+        console.print(f"[red]denied[/red]: {decision.message}", highlight=False)

@@ -47,6 +47,7 @@ LONGEST_FIRST = (
     "tests/test_emulator_api.py",
     "tests/test_chaos.py",
     "tests/test_chaos_rollout.py",
+    "tests/test_attest_enforced.py",
     "tests/test_week3.py",
     "tests/test_load_probe.py",
     "tests/test_reference_release.py",

@@ -5,6 +5,9 @@ Fixtures:
 - ``registry_factory`` (function): ``(auth=False) -> RegistryUnderTest``, a fresh one per call;
   with ``auth`` it asks for Basic credentials (an htpasswd file made with Debian's
   apache2-utils), given in ``user``/``password``. Every registry started is stopped at teardown.
+
+Helper: ``push_release_image(tarball, ref, workdir) -> (digest, layout)`` builds a release's image
+(pipeline/image/build.py, no sandbox proof) and pushes it to ``ref``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,18 @@ import pytest
 from conftest import require_tool
 
 from pipeline.image import server
+
+
+def push_release_image(tarball: Path, ref: str, workdir: Path) -> tuple[str, Path]:
+    from pipeline import release
+    from pipeline.image import build, oci, registry
+
+    parsed = oci.Reference.parse(ref)
+    tag = parsed.tag or "latest"
+    extracted = release.extract(tarball, workdir / "rel")
+    built = build.build(build.Recipe(extracted), workdir / "layout", tag=tag)
+    registry.Registry(parsed.registry, None).push(oci.Layout.open(built.layout), tag, parsed)
+    return built.digest, built.layout
 
 
 @dataclass

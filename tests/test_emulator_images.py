@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 from fixtures_emulator import PARENT, get
+from fixtures_registry import push_release_image
 
-from pipeline import release
-from pipeline.image import build, oci, registry
+from pipeline.image import oci, registry
 from pipeline.runtime.process import free_port
 
 
@@ -40,12 +40,11 @@ def pushed(reference_tarball, local_registry, tmp_path_factory) -> dict[str, str
     base = tmp_path_factory.mktemp("images")
     out = {"repo": f"{local_registry.address}/taiea/tai_autonomics"}
     for version in ("1.0.0", "1.0.1"):
-        extracted = release.extract(reference_tarball(version=version), base / version / "rel")
-        built = build.build(build.Recipe(extracted), base / version / "layout", tag=version)
-        ref = oci.Reference.parse(f"{out['repo']}:{version}")
-        registry.Registry(ref.registry, None).push(oci.Layout.open(built.layout), version, ref)
-        out[version] = built.digest
-        out[f"layout-{version}"] = str(built.layout)
+        digest, layout = push_release_image(
+            reference_tarball(version=version), f"{out['repo']}:{version}", base / version
+        )
+        out[version] = digest
+        out[f"layout-{version}"] = str(layout)
     tag("stable", "1.0.0", out)
     return out
 

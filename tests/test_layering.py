@@ -22,6 +22,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = sorted([*REPO.glob("pipeline/**/*.py"), *REPO.glob("bench/*.py"), REPO / "tasks.py"])
 ABOVE_BASE = {
+    "attest",
     "tasks",
     "phases",
     "probes",
@@ -35,9 +36,10 @@ ABOVE_BASE = {
 FLOORS = (
     {"tasks"},
     {"phases"},
-    {"probes", "runtime", "ssh", "cloudrun", "reporting", "views", "emulator", "image"},
+    {"probes", "runtime", "ssh", "cloudrun", "reporting", "views", "emulator", "image", "attest"},
 )
 EMULATOR_MAY_USE = {
+    "attest",
     "runtime",
     "image",
     "config",

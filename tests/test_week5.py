@@ -354,3 +354,56 @@ def test_week5_reads_cloud_monitoring_when_the_env_says_so(reference_tarball, cl
     production = [r for r in kinds(result.receipts, "metrics") if r["stage"] == "production"]
     assert production and max(r["instances"] for r in production) >= 1
     assert all("inflight" not in r for r in production)  # Monitoring has no in-flight figures
+
+
+def test_week5_deploys_only_an_image_its_binary_authorization_policy_admits(
+    reference_tarball, cloud, local_registry, tmp_path
+):
+    """`[attest] policy`: the preflight refuses an image whose digest lacks the weeks 3 and 4
+    attestations, before anything is deployed (exit 99, Binary Authorization's words); attested,
+    it deploys, and the report shows the attestations that admitted it."""
+    import yaml
+
+    from pipeline import release, verdicts
+    from pipeline.attest import keys, ops
+    from pipeline.errors import GateFailed
+
+    key = keys.keygen(tmp_path / "key")
+    attestor = "projects/taiea/attestors/release-gates"
+    policy_path = tmp_path / "policy.yaml"
+    policy_path.write_text(yaml.safe_dump({
+        "defaultAdmissionRule": {
+            "evaluationMode": "REQUIRE_ATTESTATION",
+            "enforcementMode": "ENFORCED_BLOCK_AND_AUDIT_LOG",
+            "requireAttestationsBy": [attestor],
+        },
+        "attestors": [{"name": attestor, "userOwnedGrafeasNote": {
+            "publicKeys": [{"pkixPublicKey": {"publicKeyPem": key.public.read_text()}}]}}],
+    }))  # fmt: skip
+    env_file = tmp_path / "attested.toml"
+    env_file.write_text(
+        f'extends = "{cloud["env_file"]}"\n[cloudrun]\n'
+        f'image = "{local_registry.address}/taiea/{{name}}:{{version}}"\n'
+        f'[attest]\npolicy = "{policy_path}"\n'
+    )
+    env = config.load_env(env_file)
+    tarball = gates_passed(reference_tarball(version="1.9.0"))
+    before = set(cloud["runs"].glob("*-week5-*"))
+    with pytest.raises(GateFailed) as refused:
+        run_week5(tarball, env)
+    assert "denied by Binary Authorization policy: no valid attestation by" in str(refused.value)
+    assert set(cloud["runs"].glob("*-week5-*")) == before  # refused before any run opened
+    sha = release.inspect(tarball).sha256
+    image = f"{local_registry.address}/taiea/tai_autonomics:1.9.0"
+    for gate in ("week3", "week4"):
+        entry, _ = verdicts.newest_verdict(gate, sha, env.gate_spec(gate))
+        assert entry is not None
+        ops.create(gate=gate, receipts_path=Path(entry["receipts"]), image=image,
+                   spec=env.gate_spec(gate), env_name=env.name, key_path=key.private)  # fmt: skip
+    result = run_week5(tarball, env)
+    assert result.verdict.passed, result.verdict.summary()
+    admitted = next(receipts.iter_records(result.receipts))["preflight"]["attestations"]
+    assert sorted(a["gate"] for a in admitted) == ["week3", "week4"]
+    assert {a["keyid"] for a in admitted} == {key.keyid}
+    page = Path(result.facts["report_html"]).read_text()
+    assert 'id="admission"' in page and key.keyid in page

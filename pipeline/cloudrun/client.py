@@ -144,9 +144,18 @@ def is_deploy_failure(exc: Exception) -> bool:
     ended because the revision never got ready), not a call that failed on its way."""
     from google.api_core import exceptions as gexc
 
-    return isinstance(exc, gexc.FailedPrecondition) or bool(
-        re.search(r"\bready\b", str(exc), re.IGNORECASE)  # "already exists" is not one
+    return (
+        isinstance(exc, gexc.FailedPrecondition)
+        or _rest_status(exc) == "FAILED_PRECONDITION"  # over REST: a 400 saying so in its body
+        or bool(re.search(r"\bready\b", str(exc), re.IGNORECASE))  # not "already exists"
     )
+
+
+def _rest_status(exc: Exception) -> str | None:
+    try:
+        return str(getattr(exc, "response", None).json()["error"]["status"])  # type: ignore[union-attr]
+    except Exception:
+        return None
 
 
 class RunV2:

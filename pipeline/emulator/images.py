@@ -12,6 +12,7 @@ tag moved later changes nothing that runs. An image the registry does not have i
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import threading
@@ -24,6 +25,8 @@ from urllib.parse import unquote, urlsplit
 from pipeline.emulator.wire import ApiError, invalid
 from pipeline.errors import PipelineError
 from pipeline.image.oci import names_registry
+
+log = logging.getLogger("pipeline.emulator")
 
 
 @dataclass(frozen=True)
@@ -98,9 +101,12 @@ class ImageResolver:
     `resolve` reads the tarball (headers and hash): call it off the event loop.
     """
 
-    def __init__(self, mapping: Mapping[str, str], cache_dir: Path | None = None):
+    def __init__(
+        self, mapping: Mapping[str, str], cache_dir: Path | None = None, policy: Any = None
+    ):
         self.mapping = dict(mapping)
         self.cache_dir = cache_dir
+        self.policy = policy  # an attest.policy.Policy: every new image is admitted by it
         self._cache: dict[tuple[str, int, int], Any] = {}
         self._pinned: dict[str, Image] = {}  # registry ref → as resolved by the last `pull`
         self._lock = threading.Lock()
@@ -120,8 +126,40 @@ class ImageResolver:
         """Before a request's control-plane call, off the event loop: a registry tag is
         resolved to its digest now (and the image pulled); a tarball is inspected."""
         if isinstance(ref, str) and ref not in self.mapping and names_registry(ref):
-            return self.pull(ref, where)
-        return self.resolve(ref, where)
+            image = self.pull(ref, where)
+        else:
+            image = self.resolve(ref, where)
+        if self.policy is not None:
+            self.admit(image)
+        return image
+
+    def admit(self, image: Image) -> None:
+        """Binary Authorization, as Cloud Run enforces it: the image's digest needs a valid
+        attestation from every attestor the policy requires, for every gate it requires; else
+        FAILED_PRECONDITION naming what is missing. Dry run: admitted, the denial logged."""
+        from pipeline.attest import policy, store
+        from pipeline.image import oci, registry
+
+        envelopes: list[bytes] = []
+        if image.digest:
+            ref = oci.Reference.parse(image.pinned)
+            client = registry.Registry(ref.registry, registry.credentials_for(ref.registry))
+            try:
+                envelopes = [s.envelope for s in store.fetch(client, ref, image.digest)]
+            except PipelineError as exc:
+                raise ApiError(
+                    "FAILED_PRECONDITION", f"image {image.pinned}: attestations unreadable: {exc}"
+                ) from None
+            name, digest = ref.name, image.digest
+        else:  # a tarball: nothing can be attested about it
+            name, digest = image.ref, f"sha256:{image.sha256}"
+        decision = policy.evaluate(self.policy, name, digest, envelopes)
+        if not decision.admitted:
+            raise ApiError("FAILED_PRECONDITION", decision.message)
+        if decision.missing:
+            log.warning("%s", decision.message)
+        else:
+            log.info("image %s@%s admitted by Binary Authorization policy", name, digest)
 
     def pull(self, ref: str, where: str) -> Image:
         from pipeline.image import layers, oci, registry

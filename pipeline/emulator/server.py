@@ -281,6 +281,15 @@ class Emulator:
         finally:
             await self._teardown(runner)
 
+    def _binauthz_policy(self) -> Any:
+        """`[emulator] binauthz_policy`, loaded (a bad file: exit 2 before anything listens)."""
+        if not self.settings.binauthz_policy:
+            return None
+        from pipeline.attest import policy
+
+        path = self.env.file_path("emulator.binauthz_policy", self.settings.binauthz_policy)
+        return policy.load(path)
+
     async def _setup(self) -> None:
         from pipeline.emulator.host import HostClient
 
@@ -290,6 +299,7 @@ class Emulator:
                 for name, tarball in self.settings.images.items()
             },
             cache_dir=self.state_dir / "images",
+            policy=self._binauthz_policy(),
         )
         self.resolver = resolver
         self.control = ControlPlane(

@@ -78,6 +78,14 @@ def start_facts(config: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ references
 
 
+def image_ref(template: str | None, name: str, version: str) -> Reference | None:
+    """A release's image: `[image] ref` or `--tag` (REGISTRY/REPO:TAG), {name} and {version}
+    filled in; None when there is none."""
+    if not template:
+        return None
+    return Reference.parse(template.format(name=name, version=version))
+
+
 def names_registry(image: str) -> bool:
     """Whether `image` reads as REGISTRY/REPO…: not a URL (`file://…`), and its first
     component a host (a dot, a port or localhost), as Docker tells a registry from a path."""

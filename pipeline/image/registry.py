@@ -268,7 +268,69 @@ class Registry:
             self._check(reply, ref, f"manifest {target}", (201, 200))
         return report
 
+    def put_blob(self, ref: oci.Reference, data: bytes) -> str:
+        """A small blob (an envelope, a config) uploaded unless the registry has it."""
+        import io
+
+        digest = oci.digest_of(data)
+        if not self.has_blob(ref.repository, digest, push=True):
+            self._send(ref, io.BytesIO(data), len(data), digest)
+        return digest
+
+    def put_manifest(self, ref: oci.Reference, target: str, body: bytes, media: str) -> None:
+        """PUT a manifest (or index) under `target`: its digest or a tag."""
+        repo = ref.repository
+        reply = self.request(
+            "PUT", f"/v2/{repo}/manifests/{target}", repo, push=True, data=body,
+            headers={"Content-Type": media},
+        )  # fmt: skip
+        self._check(reply, ref, f"manifest {target}", (201, 200))
+
+    def get_manifest(self, ref: oci.Reference, target: str) -> dict[str, Any] | None:
+        """The manifest or index at `target` (a digest or a tag), or None when there is none."""
+        repo = ref.repository
+        reply = self.request(
+            "GET", f"/v2/{repo}/manifests/{target}", repo,
+            headers={"Accept": ", ".join((oci.MANIFEST, oci.INDEX))},
+        )  # fmt: skip
+        if reply.status_code == 404:
+            return None
+        self._check(reply, ref, f"manifest {target}", (200,))
+        if target.startswith("sha256:") and oci.digest_of(reply.content) != target:
+            raise RegistryError(f"{ref}: the registry's manifest does not match {target}")
+        doc = reply.json()
+        return doc if isinstance(doc, dict) else None
+
+    def get_blob(self, ref: oci.Reference, digest: str, limit: int = 1 << 20) -> bytes:
+        """A small blob's bytes, checked against its digest (at most `limit` bytes)."""
+        repo = ref.repository
+        reply = self.request("GET", f"/v2/{repo}/blobs/{digest}", repo)
+        self._check(reply, ref, f"blob {digest[:19]}", (200,))
+        data = reply.content
+        if len(data) > limit or oci.digest_of(data) != digest:
+            raise RegistryError(f"{ref}: blob {digest} does not match its digest")
+        return data
+
+    def referrers(self, ref: oci.Reference, digest: str) -> list[dict[str, Any]] | None:
+        """The referrers API's descriptors for `digest`, or None where the registry has no
+        referrers API (distribution-spec 1.1: a 404 there means "use the tag scheme")."""
+        repo = ref.repository
+        reply = self.request(
+            "GET", f"/v2/{repo}/referrers/{digest}", repo, headers={"Accept": oci.INDEX}
+        )
+        if reply.status_code == 404 or not reply.headers.get("Content-Type", "").startswith(
+            oci.INDEX
+        ):
+            return None
+        self._check(reply, ref, "referrers", (200,))
+        manifests = reply.json().get("manifests")
+        return manifests if isinstance(manifests, list) else []
+
     def _upload(self, ref: oci.Reference, path: Path, digest: str) -> None:
+        with open(path, "rb") as fh:
+            self._send(ref, fh, path.stat().st_size, digest)
+
+    def _send(self, ref: oci.Reference, data: Any, size: int, digest: str) -> None:
         repo = ref.repository
         reply = self.request("POST", f"/v2/{repo}/blobs/uploads/", repo, push=True)
         self._check(reply, ref, "blob upload", (202,))
@@ -276,18 +338,14 @@ class Registry:
         if location.startswith("/"):
             location = self.base + location
         separator = "&" if "?" in location else "?"
-        with open(path, "rb") as fh:
-            reply = self.request(
-                "PUT",
-                f"{location}{separator}digest={digest}",
-                repo,
-                push=True,
-                data=fh,
-                headers={
-                    "Content-Type": "application/octet-stream",
-                    "Content-Length": str(path.stat().st_size),
-                },
-            )
+        reply = self.request(
+            "PUT",
+            f"{location}{separator}digest={digest}",
+            repo,
+            push=True,
+            data=data,
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+        )
         self._check(reply, ref, f"blob {digest[:19]}", (201,))
 
 

@@ -73,6 +73,12 @@ def run_phase_frame(
         result = run.finish(spec)
         if live.bad_input is not None:
             raise live.bad_input
+        if phase in ("week3", "week4"):
+            from pipeline.phases.attesting import attest_passed
+
+            attested = attest_passed(result, env, info, view)
+            if attested is not None:
+                result.facts["attestation"] = attested
         return result
     finally:
         if played is not None:

@@ -28,14 +28,6 @@ from pipeline.phases.stages import run_smoke_stage
 from pipeline.runtime.base import ImageRoot, LaunchSpec
 
 
-def target_ref(env: Env, tag: str | None, info: releases.ReleaseInfo) -> oci.Reference | None:
-    """Where to push: `--tag`, else the env's `[image] ref`, with {name} and {version} filled."""
-    text = tag or env.image.ref
-    if not text:
-        return None
-    return oci.Reference.parse(text.format(name=info.name, version=info.version))
-
-
 def recipe_for(env: Env, release: releases.Release, info: releases.ReleaseInfo) -> build.Recipe:
     """What the env puts in an image: TAIEA_ENV, the runtime user, PORT's default."""
     return build.Recipe(
@@ -203,7 +195,7 @@ def run_image_build(
 
     tarball = Path(tarball)
     info = releases.inspect(tarball)
-    ref = target_ref(env, tag, info)
+    ref = oci.image_ref(tag or env.image.ref, info.name, info.version)
     host = build.Host.find()
     runsc = check_host(env.sandbox.runsc, str(env.path))
     runtime = ImageRuntime(GvisorRuntime(env.sandbox, runsc))

@@ -69,6 +69,31 @@ def preflight(sha256: str, env: Env, view: View | None = None) -> dict[str, Any]
     return found
 
 
+def admitted(image: str, env: Env, view: View | None = None) -> list[dict[str, Any]]:
+    """The first line of defence: the env's `[attest] policy` (Binary Authorization's shape)
+    must admit the image's digest — what the emulator, and Google with the same policy, would
+    refuse is refused here first, in the same words (exit 99). Returns the attestations that
+    admitted it (week 5's report shows them)."""
+    from pipeline.attest import ops
+
+    assert env.attest.policy is not None
+    if not names_registry(image):
+        raise GateFailed(
+            f"preflight: [attest] policy is set but {image} is no registry image: only an "
+            "image's digest can be attested ([cloudrun] image)"
+        )
+    decision = ops.admission(image, env.file_path("attest.policy", env.attest.policy))
+    if not decision.admitted:
+        raise GateFailed(f"preflight: {decision.message}")
+    if view is not None:
+        view.note(
+            f"preflight: {decision.message}"
+            if decision.missing
+            else f"preflight: image admitted by {len(decision.accepted)} attestation(s)"
+        )
+    return decision.accepted
+
+
 # ---------------------------------------------------------------- acting, one function per step
 
 
@@ -128,6 +153,8 @@ def open_rollout(
     shipped: dict[str, Any] = {}
     if names_registry(image):  # deployed by digest, the one holding this tarball
         image, shipped = ship(image, Path(tarball), info, env, _note(view) or (lambda _: None))
+    if env.attest.policy:  # as Binary Authorization will, before anything is deployed
+        preflight_facts["attestations"] = admitted(image, env, view)
     settings = env.cloudrun
     steps = check_steps(list(settings.canary_steps))
     # the real client against a local endpoint: start the emulator if nothing answers there, only

@@ -494,6 +494,27 @@ def _identity(report: Report, env: Env) -> str:
     return f'<table class="identity">{cells}</table>'
 
 
+def _admission(report: Report) -> str:
+    """Week 5: the signed gate attestations that admitted the image (its preflight's)."""
+    preflight = report.run.get("preflight")
+    found = preflight.get("attestations") if isinstance(preflight, dict) else None
+    if not isinstance(found, list) or not found:
+        return ""
+    rows = "".join(
+        f'<tr data-gate="{esc(str(a.get("gate")))}"><td>{clean(a.get("gate"))}</td>'
+        f'<td>{clean(a.get("verdict"))}</td><td class="mono">{clean(a.get("keyid"))}</td>'
+        f'<td class="mono">{clean(a.get("run_id"))}</td><td>{clean(a.get("issued_at"))}</td></tr>'
+        for a in found
+        if isinstance(a, dict)
+    )
+    return (
+        '<section id="admission"><h2>Admitted by</h2><p class="caption">Signed gate '
+        "attestations on the image's digest that the Binary Authorization policy accepted "
+        "before the deploy.</p><table><tr><th>gate</th><th>verdict</th><th>signer key</th>"
+        f"<th>run</th><th>issued</th></tr>{rows}</table></section>"
+    )
+
+
 def _figures(report: Report) -> str:
     facts = report.facts
     items: list[tuple[str, str]] = []
@@ -761,6 +782,7 @@ def render(report: Report, env: Env, *, env_note: str = "") -> str:
         f'<section id="identity"><h2>Run</h2>{_identity(report, env)}{_figures(report)}</section>'
     )
     body.append(_verdicts(report))
+    body.append(_admission(report))
     body.append(_errors(report))
     if v.ok:
         body += _panels(report, env, env_note)
