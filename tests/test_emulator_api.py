@@ -433,6 +433,8 @@ def test_under_load_a_killed_instance_fails_only_what_it_had_in_flight(start_emu
     thread.start()
     poll(lambda: True if len(results) >= 25 else None, timeout=10, what="half a second of load")
     os.kill(instance["pid"], signal.SIGKILL)
+    poll(lambda: True if not alive(instance["pid"]) else None, timeout=10, what="the kill")
+    # a request sent while the kernel was still tearing the VM down was in flight at its death
     killed_at = time.perf_counter() - began[0]
     thread.join(60)
     slow.join(30)
@@ -808,3 +810,10 @@ def test_a_leaving_instance_gets_sigterm_then_sigkill_after_the_grace(start_emul
     status, took = exits["stubborn"]
     assert status == "137" and grace <= took < grace + 10, (status, took)
     assert isinstance(answers[0], OSError), "the release was killed mid-request"
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
