@@ -252,9 +252,9 @@ def test_host_going_away_mid_load_fails_the_gate_in_bounded_time(
         result
     )
     errors = errors_of(result.receipts)
-    assert errors and any(
-        "lost the SSH connection" in line for e in errors for line in e.get("log_tail", [])
-    ), errors
+    load = [e for e in errors if e.get("stage") == "load"]
+    assert load and load[0]["reason"].startswith("lost the SSH connection to"), errors
+    assert "during the load; the load stopped after" in load[0]["reason"]
     shutdown = next(r for r in records(result.receipts) if r["kind"] == "shutdown")
     assert shutdown["exit_status"] == 255  # unknown: the host is gone
     assert made[0].instances[0].facts["upload"]["skipped"] is True
@@ -301,6 +301,63 @@ def test_a_pipeline_killed_mid_load_leaves_nothing_on_the_host(
     assert not Path(records(out)[0]["workdir"]).exists()
 
 
+def test_a_release_killed_on_the_host_mid_load_ends_the_load_at_once(
+    sshd, reference_tarball, tmp_path
+):
+    """beam.smp killed on the host 1 s into a 30 s load: the wrapper reports its exit over the
+    channel and the load stops then, naming it (bound: the run ends within 15 s of the kill)."""
+    env = remote_env(tmp_path, tmp_path / "host")
+    tarball = reference_tarball()
+    pid: list[int] = []
+    killed: list[float] = []
+
+    def on_record(record: dict[str, Any]) -> None:
+        if record["kind"] == "startup":
+            pid.append(record["pid"])
+        if record["kind"] == "request" and record.get("sent_s", 0) >= 1.0 and not killed:
+            killed.append(time.monotonic())
+            os.kill(pid[0], 9)  # the host is this machine: its pid is ours to see
+
+    result = run_week3(
+        tarball, env, duration=30, rate=20,
+        runtime_factory=runtime_for(sshd, tarball, []), on_record=on_record,
+    )  # fmt: skip
+    assert killed and time.monotonic() - killed[0] < 15
+    (error,) = [e for e in errors_of(result.receipts) if e.get("stage") == "load"]
+    assert error["reason"].startswith("the release exited on the host (status 137"), error
+    assert receipts.verify(result.receipts).sealed
+
+
+@pytest.fixture
+def silent_port():
+    """A port on 127.0.0.1 that accepts TCP and never says a word."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join()
+    for sock in accepted:
+        sock.close()
+    server.close()
+
+
 @pytest.fixture
 def full_disk(tmp_path):
     """A 1 MiB tmpfs as the remote dir: the 8 MiB upload cannot fit."""
@@ -335,18 +392,19 @@ def test_full_remote_disk_fails_the_upload(sshd, reference_tarball, tmp_path, fu
     [
         ("wrong-key", "authentication failed for"),
         ("nothing-listening", "connection refused by 127.0.0.1:"),
+        ("silent-port", "accepted TCP but sent no SSH banner in 5 s"),
     ],
-    ids=["wrong-key", "connection-refused"],
+    ids=["wrong-key", "connection-refused", "silent-port"],
 )
 def test_unreachable_host_fails_the_phase_with_an_error_receipt(
-    sshd, reference_tarball, tmp_path, case, expected
+    sshd, reference_tarball, tmp_path, case, expected, silent_port
 ):
     tarball = reference_tarball()
-    env = remote_env(tmp_path, tmp_path / "host")
+    env = remote_env(tmp_path, tmp_path / "host")  # connect_timeout_s 5: the knob under test
     if case == "wrong-key":
         target, kw = sshd, {"identity": keygen(tmp_path / "stranger", "stranger")}
     else:
-        port = free_port()
+        port = silent_port if case == "silent-port" else free_port()
         known = tmp_path / "known_hosts"
         known.write_text(sshd.host_key_line.replace(str(sshd.port), str(port)) + "\n")
         target = SimpleNamespace(
@@ -360,8 +418,10 @@ def test_unreachable_host_fails_the_phase_with_an_error_receipt(
     assert time.monotonic() - began < 15
     assert not result.verdict.passed
     assert {"startup.seconds value < 5", "stages.failed count == 0"} <= failing(result)
-    reason = errors_of(result.receipts)[0]["reason"]
+    errors = errors_of(result.receipts)
+    reason = errors[0]["reason"]
     assert expected in reason and "BEGIN" not in reason
+    assert len(errors) == 1, [(e.get("stage"), e["reason"]) for e in errors]  # no phantom "release exited" for a release never started
     assert not (tmp_path / "host" / "runs").exists() or not any(
         (tmp_path / "host" / "runs").iterdir()
     )

@@ -345,3 +345,31 @@ def test_sigkill_of_the_pipeline_takes_the_release_with_it(reference_tarball, tm
         [INVOKE, "runs.recover", "--receipts", str(out)], cwd=REPO, capture_output=True, text=True
     )
     assert again.returncode == 2 and "nothing to recover" in again.stderr
+
+
+def test_a_release_killed_mid_load_ends_the_load_at_once_naming_its_exit(reference_tarball):
+    """The liveness watch: beam.smp killed (-9) 1 s into a 30 s load. The load stops when the
+    death is seen, not when its window ends: the whole rest of the run (stop, judge, seal)
+    takes under 15 s of the 29 s the window still had."""
+    env = config.load_env("local")
+    pid: list[int] = []
+    killed: list[float] = []
+
+    def on_record(record: dict) -> None:
+        if record["kind"] == "startup":
+            pid.append(record["pid"])
+        if record["kind"] == "request" and record.get("sent_s", 0) >= 1.0 and not killed:
+            killed.append(time.monotonic())
+            os.kill(pid[0], signal.SIGKILL)
+
+    result = run_week3(reference_tarball(), env, duration=30, on_record=on_record)
+    assert killed, "the load never reached 1 s"
+    assert time.monotonic() - killed[0] < 15
+    assert not result.verdict.passed
+    found = list(receipts.iter_records(result.receipts))
+    (error,) = [r for r in found if r["kind"] == "error" and r.get("stage") == "load"]
+    assert error["reason"].startswith(
+        "the release exited (status 137) during the load; the load stopped after"
+    )
+    sent = [r["sent_s"] for r in found if r["kind"] == "request"]
+    assert max(sent) < 10  # no request scheduled long after the death

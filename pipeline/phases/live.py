@@ -159,6 +159,9 @@ class LiveRelease:
         instance = self.instance
         with self.run.stage("stop") as stage:
             was_alive, status = self.shutdown("stop")
+            if not instance.pid:  # it never started (a host never reached): nothing exited
+                stage.note = "the release never started: nothing to stop"
+                return
             if not was_alive:
                 stage.fail(f"the release had already exited (status {status})")
                 self.run.error(

@@ -81,22 +81,60 @@ def run_load_stage(
 ) -> Any:
     """Open-loop load over the smoke endpoints; a `request` receipt per request.
 
-    `stop` (a probes.load.StopToken) ends the load early, e.g. when the release has died."""
-    from pipeline.probes.load import RequestResult
+    With the `instance`, a liveness watch: the moment the release (or the link to its host) is
+    gone, the load stops and the stage fails with that cause. `stop` (a probes.load.StopToken)
+    ends the load early from elsewhere too."""
+    from pipeline.probes.load import RequestResult, StopToken
 
     def on_result(result: RequestResult) -> None:
         run.write("request", stage_name, **result.as_receipt())
 
-    with run.stage(stage_name) as stage:
-        summary = open_loop(run, url, plan, on_result=on_result, stop=stop)
+    token = stop or StopToken()
+    with run.stage(stage_name) as stage, _watching(instance, token) as death:
+        summary = open_loop(run, url, plan, on_result=on_result, stop=token)
         run.write("summary", stage_name, **summary.as_receipt())
         run.facts.update(p50_ms=summary.p50_ms, p95_ms=summary.p95_ms, rps=summary.achieved_rps)
         stage.note = f"{summary.completed} requests, {summary.achieved_rps:.1f} req/s, p50 {summary.p50_ms:.1f} ms, p95 {summary.p95_ms:.1f} ms"
         if summary.passed < summary.completed:
             stage.note += f", {summary.completed - summary.passed} failed"
         if instance is not None and not instance.alive():
-            raise StageFailed("the release exited during the load", log_tail=instance.logs(50))
+            why = instance.gone() or "the release exited"
+            raise StageFailed(
+                f"{why} during the load; the load stopped after {death.get('at_s', 0.0):.1f} s "
+                f"of {plan.duration_s:g}",
+                log_tail=instance.logs(50),
+            )
         return summary
+
+
+@contextlib.contextmanager
+def _watching(instance: Instance | None, token: Any) -> Iterator[dict[str, float]]:
+    """While the body runs, check every 0.1 s that the instance is alive; when it is not, stop
+    the load (`token`) at once. Yields {"at_s": seconds into the body when it was seen gone}."""
+    import threading
+    import time
+
+    seen: dict[str, float] = {}
+    if instance is None:
+        yield seen
+        return
+    done = threading.Event()
+    began = time.monotonic()
+
+    def watch() -> None:
+        while not done.wait(0.1):
+            if not instance.alive():
+                seen["at_s"] = time.monotonic() - began
+                token.stop()
+                return
+
+    watcher = threading.Thread(target=watch, name="liveness", daemon=True)
+    watcher.start()
+    try:
+        yield seen
+    finally:
+        done.set()
+        watcher.join()
 
 
 @contextlib.contextmanager

@@ -25,7 +25,6 @@ native comparison run) is removed at the end, also after a failed stage or Ctrl-
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -347,28 +346,9 @@ class Rehearsal:
                 stage.fail(f"{capture.invalid} stdout lines looked like JSON but were not")
 
     def resources(self) -> None:
-        from pipeline.probes.load import StopToken
-
         instance = self.running
-        token = StopToken()
-        done = threading.Event()
-
-        def watch() -> None:  # a dead sandbox ends the load at once
-            while not done.wait(0.1):
-                if not instance.alive():
-                    token.stop()
-                    return
-
-        watcher = threading.Thread(target=watch, daemon=True)
-        watcher.start()
         first = len(self.cpu_samples)
-        try:
-            run_load_stage(
-                self.run, instance.url, self.plan, instance, stage_name="resources", stop=token
-            )
-        finally:
-            done.set()
-            watcher.join()
+        run_load_stage(self.run, instance.url, self.plan, instance, stage_name="resources")
         reading = instance.cgroup()
         cpu = self.cpu_samples[first:] or [0.0]
         self.run.write(

@@ -75,6 +75,11 @@ class Instance(Protocol):
 
     def alive(self) -> bool: ...
 
+    def gone(self) -> str | None:
+        """Why the release is no longer there ("the release exited (status 137)", "lost the
+        SSH connection to …"); None while it runs. Cheap: a liveness watch calls it often."""
+        ...
+
     def stop(self, grace: float = 10.0) -> int:
         """SIGTERM, SIGKILL after `grace` seconds; return the exit status."""
         ...

@@ -570,6 +570,13 @@ class GvisorInstance:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def gone(self) -> str | None:
+        status = self.proc.poll()
+        if status is None:
+            return None
+        oom = self.oom_kill()
+        return oom.reason if oom else f"the sandbox exited (status {exit_status(status)})"
+
     def wait_ready(self, timeout: float) -> float:
         reason = not_ready_reason(self.url, self.spec, self.alive, timeout)
         if reason is not None:

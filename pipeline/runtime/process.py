@@ -100,6 +100,10 @@ class ProcessInstance:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def gone(self) -> str | None:
+        status = self.proc.poll()
+        return None if status is None else f"the release exited (status {exit_status(status)})"
+
     def wait_ready(self, timeout: float) -> float:
         reason = not_ready_reason(self.url, self.spec, self.alive, timeout)
         if reason is not None:

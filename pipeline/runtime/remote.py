@@ -191,7 +191,9 @@ class RemoteRuntime:
         except (UnknownHostKey, paramiko.BadHostKeyException) as exc:
             raise PipelineError(describe(exc, self.target, self.identity)) from None
         except Exception as exc:  # noqa: BLE001 — refused, timeout, …: the phase reports it
-            self.unreachable = describe(exc, self.target, self.identity)
+            self.unreachable = describe(
+                exc, self.target, self.identity, self.options.connect_timeout_s
+            )
         finally:
             client.close()
         self.host_key_added = policy.added
@@ -225,7 +227,9 @@ class RemoteRuntime:
         except Exception as exc:  # noqa: BLE001 — every way of failing becomes one clear line
             with contextlib.suppress(Exception):
                 fab.close()
-            raise RemoteFailure(describe(exc, self.target, self.identity)) from None
+            raise RemoteFailure(
+                describe(exc, self.target, self.identity, self.options.connect_timeout_s)
+            ) from None
         transport = fab.client.get_transport()
         if transport is not None:
             with contextlib.suppress(OSError, AttributeError):  # small requests, no Nagle stalls

@@ -496,6 +496,18 @@ class RemoteInstance:
             return False
         return self.conn is not None and self.conn.active() and not self._exited.is_set()
 
+    def gone(self) -> str | None:
+        if self.alive():
+            return None
+        after = f"{time.monotonic() - self.started_at:.1f} s after the start"
+        if self.conn is not None and self.conn.lost:
+            return f"{self.conn.lost} ({after})"
+        if self._exit is not None:
+            return f"the release exited on the host (status {self._exit}, {after})"
+        if self.failure is not None:
+            return self.failure
+        return f"the SSH connection to the host closed ({after})"
+
     def wait_ready(self, timeout: float) -> float:
         if self.failure is not None:
             raise StartupFailed(self.failure, self.logs(50))

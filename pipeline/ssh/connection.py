@@ -107,9 +107,20 @@ class NoAuth:
         return []
 
 
-def describe(exc: BaseException, target: Target, identity: Path | None) -> str:
+def describe(
+    exc: BaseException, target: Target, identity: Path | None, timeout: float | None = None
+) -> str:
     """One line saying what went wrong reaching the host (never any key material)."""
     where = f"{target.user}@{target.host}:{target.port}"
+    if isinstance(exc, paramiko.SSHException) and str(exc) in (
+        "No existing session",  # paramiko's word once the banner wait ran out
+        "Error reading SSH protocol banner",
+    ):
+        within = f" in {timeout:g} s" if timeout else ""
+        return (
+            f"{target.host}:{target.port} accepted TCP but sent no SSH banner{within} "
+            "(not an SSH server, or one too busy to answer)"
+        )
     if isinstance(exc, UnknownHostKey):
         return str(exc)
     if isinstance(exc, paramiko.BadHostKeyException):
