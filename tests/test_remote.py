@@ -421,7 +421,9 @@ def test_unreachable_host_fails_the_phase_with_an_error_receipt(
     errors = errors_of(result.receipts)
     reason = errors[0]["reason"]
     assert expected in reason and "BEGIN" not in reason
-    assert len(errors) == 1, [(e.get("stage"), e["reason"]) for e in errors]  # no phantom "release exited" for a release never started
+    assert len(errors) == 1, [
+        (e.get("stage"), e["reason"]) for e in errors
+    ]  # no phantom "release exited" for a release never started
     assert not (tmp_path / "host" / "runs").exists() or not any(
         (tmp_path / "host" / "runs").iterdir()
     )
