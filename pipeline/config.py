@@ -164,7 +164,8 @@ class RemoteSettings(Strict):
     connect_timeout_s: float = Field(10.0, gt=0)  # TCP connect, SSH banner, key exchange, auth
     command_timeout_s: float = Field(20.0, gt=0)  # any one remote command
     upload_timeout_s: float = Field(600.0, gt=0)  # the whole tarball upload
-    keepalive_s: float = Field(5.0, ge=0)  # SSH keepalive interval (0: off)
+    keepalive_s: float = Field(5.0, ge=0)  # keepalive wanting a reply; none this long: lost (0: off)
+    lease_s: float = Field(15.0, ge=1)  # the host stops the release after this long unrenewed
 
 
 class MonitoringSettings(Strict):

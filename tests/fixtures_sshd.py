@@ -89,6 +89,20 @@ class SshServer:
                 proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=10)
 
+    def freeze(self) -> list[psutil.Process]:
+        """The link hangs (a dead router, a suspended VM): SIGSTOP every connection's sshd, not
+        the listener; nothing is closed, nothing answers. Returns them, for thaw()."""
+        frozen = [p for p in self._sshd_processes() if p.pid != self.proc.pid]
+        for proc in frozen:
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(signal.SIGSTOP)
+        return frozen
+
+    def thaw(self, frozen: list[psutil.Process]) -> None:
+        for proc in frozen:
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         procs = self._sshd_processes()
         for proc in procs:

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from conftest import require_tool
+from fixtures_chaos import processes_under
 from fixtures_sshd import free_port, keygen
 
 from pipeline import config, receipts
@@ -272,7 +273,7 @@ def test_a_pipeline_killed_mid_load_leaves_nothing_on_the_host(
     with the process; the wrapper on the host stops the release and removes its run dir (the
     host cleans up: runs.recover never stops a remote run's pids here). The env keeps the
     product's defaults but for the remote dir."""
-    from fixtures_chaos import assert_ended_by, kill_at, processes_under, recover
+    from fixtures_chaos import assert_ended_by, kill_at, recover
 
     remote_dir = tmp_path / "host"
     env_file = tmp_path / "remote-defaults.toml"
@@ -326,6 +327,52 @@ def test_a_release_killed_on_the_host_mid_load_ends_the_load_at_once(
     (error,) = [e for e in errors_of(result.receipts) if e.get("stage") == "load"]
     assert error["reason"].startswith("the release exited on the host (status 137"), error
     assert receipts.verify(result.receipts).sealed
+
+
+def test_a_frozen_link_ends_the_stage_and_the_host_stops_the_release_itself(
+    sshd_factory, reference_tarball, tmp_path
+):
+    """Every sshd of the connection stopped (SIGSTOP) 1 s into a 30 s load: nothing closes,
+    nothing answers. Our keepalive gets no answer in 2 s: the stage ends naming it; the host's
+    wrapper gets no lease renewal in 6 s: it stops the release and removes its run dir while the
+    link is still frozen. (keepalive_s and lease_s are the knobs under test, set short.)"""
+    server = sshd_factory()
+    tarball = reference_tarball()
+    remote_dir = tmp_path / "host"
+    env_file = tmp_path / "lease.toml"
+    env_file.write_text(
+        f'extends = "{REPO / "envs" / "local.toml"}"\n[remote]\ndir = {json.dumps(str(remote_dir))}\n'
+        "keepalive_s = 2\nlease_s = 6\n"
+    )
+    env = config.load_env(env_file)
+    frozen: list[Any] = []
+    at: list[float] = []
+
+    def on_record(record: dict[str, Any]) -> None:
+        if record["kind"] == "request" and record.get("sent_s", 0) >= 1.0 and not frozen:
+            at.append(time.monotonic())
+            frozen.extend(server.freeze())
+
+    try:
+        result = run_week3(
+            tarball, env, duration=30, rate=20,
+            runtime_factory=runtime_for(server, tarball, []), on_record=on_record,
+        )  # fmt: skip
+        assert frozen, "the load never reached 1 s"
+        ended = time.monotonic() - at[0]
+        (error,) = [e for e in errors_of(result.receipts) if e.get("stage") == "load"]
+        assert "keepalive: no answer in 2 s" in error["reason"], error
+        assert ended < 25, ended  # not the 29 s the window had left
+        assert receipts.verify(result.receipts).sealed
+        # the host, on its own, with the link still frozen
+        poll(
+            lambda: True if not processes_under(remote_dir) else None,
+            timeout=6 + env.start.stop_grace_s + 10,
+            what="the host to stop the release",
+        )
+        poll(lambda: True if not any((remote_dir / "runs").iterdir()) else None, timeout=15)
+    finally:
+        server.thaw(frozen)
 
 
 @pytest.fixture

@@ -23,7 +23,12 @@ phase as on this machine; only where the release runs changes. One SSH connectio
   POSIX sh wrapper on one SSH channel that reports ``pid N`` and ``exit N``. Its stdin is the
   channel: a line ``stop G`` stops the release (SIGTERM, SIGKILL to its process group after G s);
   EOF — the connection is gone — does the same and removes the run dir, so a vanished pipeline
-  never leaves a release running there. Every value put in a remote command is shlex-quoted, and
+  never leaves a release running there. A frozen link sends no EOF: the release holds a lease
+  that we renew (a ``renew`` line every lease_s/3); with no line for ``[remote] lease_s`` the
+  wrapper stops it the same way. (Chosen over a remote supervisor: nothing to install on the
+  host, and the lease lives and dies with the channel that started the release.) On our side a
+  keepalive wanting a reply goes out every keepalive_s; none within as long marks the
+  connection lost, which ends the running stage at once (the liveness watch). Every value put in a remote command is shlex-quoted, and
   every script runs under ``sh -c`` whatever the login shell.
 - Port: the release listens on the host's 127.0.0.1; a listener on this machine's 127.0.0.1
   serves each connection over a ``direct-tcpip`` channel of the same SSH connection, so the
@@ -153,6 +158,7 @@ class RemoteRuntime:
             upload_timeout_s=settings.upload_timeout_s,
             keepalive_s=settings.keepalive_s,
             stop_grace_s=env.start.stop_grace_s,
+            lease_s=settings.lease_s,
         )
         inner = env.runtime if env.runtime in ("process", "gvisor") else "process"
         return cls(host, options=options, inner=inner, sandbox=env.sandbox, **kw)

@@ -46,6 +46,7 @@ from pipeline.ssh.forward import Forwarder
 
 LOG_LINES = 500
 LOG_FETCH_BYTES = 8 << 20
+READ_LINE = 'IFS= read -r line <&3 && printf %s "$line"'  # one line, never more (sh reads bytewise)
 FOLLOW_DRAIN_S = 3.0  # tail -f --pid notices the release's exit within its 0.1 s interval
 TOOLS = (
     "tar",
@@ -110,8 +111,9 @@ class RemoteOptions:
     connect_timeout_s: float = 10.0
     command_timeout_s: float = 20.0
     upload_timeout_s: float = 600.0
-    keepalive_s: float = 5.0
+    keepalive_s: float = 5.0  # a keepalive wanting a reply this often; none in as long: lost
     stop_grace_s: float = 10.0  # what the host's watchdog gives the release when we vanish
+    lease_s: float = 15.0  # no renewal from us this long: the host stops the release itself
 
 
 class Host(Protocol):
@@ -165,6 +167,7 @@ class RemoteInstance:
         self._pid_seen = threading.Event()
         self._exit: int | None = None
         self._exited = threading.Event()
+        self._send_lock = threading.Lock()  # the lease thread and the stop share the channel
         self._reader: threading.Thread | None = None
         self._tail: deque[str] = deque(maxlen=LOG_LINES)
         self._status: int | None = None
@@ -422,6 +425,7 @@ class RemoteInstance:
             stdin=body.encode(),
         )
         grace = f"{max(0.0, self.options.stop_grace_s):.3f}"
+        lease = f"{max(1.0, self.options.lease_s):.3f}"
         wrapper = "\n".join(
             [
                 f"cd {q(work + '/tmp')} || exit 97",
@@ -430,7 +434,19 @@ class RemoteInstance:
                 "printf 'pid %s\\n' \"$pid\"",
                 "exec 3<&0",
                 "(",
-                f"  IFS=' ' read -r request grace <&3 || {{ request=lost; grace={q(grace)}; }}",
+                # the lease: a `renew` line from us at least every lease_s; `stop G` stops;
+                # silence (a frozen link) or EOF (a closed one) stops the release too
+                f"  request=lost; grace={q(grace)}",
+                "  while :; do",
+                f"    line=$(timeout {q(lease)} sh -c {q(READ_LINE)}); rc=$?",
+                '    case "$rc:$line" in',
+                "      0:renew) ;;",
+                "      '0:stop '*) request=stop; grace=${line#stop }; break ;;",
+                "      0:*) ;;",
+                "      124:*) request=expired; break ;;",
+                "      *) break ;;",
+                "    esac",
+                "  done",
                 '  if kill -0 "$pid" 2>/dev/null; then',
                 f"    {self._term()}",
                 '    [ "$grace" = 0.000 ] || timeout "$grace" tail -s 0.1 --pid="$pid" -f /dev/null',
@@ -450,11 +466,28 @@ class RemoteInstance:
         self.started_at = time.monotonic()
         self._reader = threading.Thread(target=self._read_wrapper, args=(chan,), daemon=True)
         self._reader.start()
+        threading.Thread(target=self._renew, args=(chan,), name="lease", daemon=True).start()
         if not self._pid_seen.wait(self.options.command_timeout_s) or not self.pid:
             tail = "; ".join(self._fetch_tail(5))
             raise RemoteFailure(
                 f"the release did not start on {self.runtime.target}: {tail or 'no output'}"
             )
+
+    def _send(self, chan: paramiko.Channel, line: str) -> None:
+        with self._send_lock, contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            chan.sendall(line.encode())
+
+    def _renew(self, chan: paramiko.Channel) -> None:
+        """While the release runs: renew its lease on the host, and check the link answers (a
+        frozen one is marked lost: the liveness watch then stops the stage)."""
+        every = min(self.options.lease_s / 3, self.options.keepalive_s or self.options.lease_s)
+        while not self._exited.wait(max(0.2, every)) and not self._stop_sent:
+            self._send(chan, "renew\n")
+            conn = self.conn
+            if conn is None or self.options.keepalive_s <= 0:
+                continue
+            if not conn.answers(self.options.keepalive_s):
+                return
 
     def _read_wrapper(self, chan: paramiko.Channel) -> None:
         buffer = b""
@@ -576,8 +609,7 @@ class RemoteInstance:
         try:
             if conn is not None and self._chan is not None and conn.active():
                 self._stop_sent = True
-                with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-                    self._chan.sendall(f"stop {max(0.0, grace):.3f}\n".encode())
+                self._send(self._chan, f"stop {max(0.0, grace):.3f}\n")
                 self._exited.wait(grace + self.options.command_timeout_s)
                 if self._exit is not None:
                     status = self._exit

@@ -201,6 +201,25 @@ class Connection:
             return False
         return True
 
+    def answers(self, timeout: float) -> bool:
+        """A keepalive that wants a reply (OpenSSH's keepalive@openssh.com; any reply counts,
+        a refusal too). None in `timeout` s: the connection is marked lost, as frozen."""
+        if not self.active():
+            return False
+        transport = self.fabric.client.get_transport()
+        replied = threading.Event()
+
+        def ask() -> None:
+            with contextlib.suppress(Exception):
+                transport.global_request("keepalive@openssh.com", wait=True)
+            replied.set()
+
+        threading.Thread(target=ask, name="ssh-keepalive", daemon=True).start()
+        if replied.wait(timeout):
+            return self.active()
+        self.mark_lost(f"keepalive: no answer in {timeout:g} s")
+        return False
+
     def check(self) -> None:
         if not self.active():
             raise RemoteFailure(self.lost or "not connected")
