@@ -26,7 +26,7 @@ _DECLARED: dict[str, tuple[str, str, str]] = {
         "tool:str tool_version:str env:str host:str release:obj",
         "env_file:str platform:str python:str runtime:str workdir:str load:obj sandbox:obj "
         "stages:list scenario:obj preflight:obj endpoint:str service:str action:str "
-        "resumed_from:str target:str pid:int rate:num duration_s:num seconds:num closed:bool image:obj started_emulator:str",
+        "resumed_from:str target:str pid:int rate:num duration_s:num seconds:num closed:bool image:obj started_emulator:str remote:obj",
     ),
     "stage": (
         "a stage started, ended or was skipped",

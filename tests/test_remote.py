@@ -437,30 +437,25 @@ def test_full_remote_disk_fails_the_upload(sshd, reference_tarball, tmp_path, fu
 @pytest.mark.parametrize(
     ("case", "expected"),
     [
-        ("wrong-key", "authentication failed for"),
         ("nothing-listening", "connection refused by 127.0.0.1:"),
         ("silent-port", "accepted TCP but sent no SSH banner in 5 s"),
     ],
-    ids=["wrong-key", "connection-refused", "silent-port"],
+    ids=["connection-refused", "silent-port"],
 )
 def test_unreachable_host_fails_the_phase_with_an_error_receipt(
     sshd, reference_tarball, tmp_path, case, expected, silent_port
 ):
     tarball = reference_tarball()
     env = remote_env(tmp_path, tmp_path / "host")  # connect_timeout_s 5: the knob under test
-    if case == "wrong-key":
-        target, kw = sshd, {"identity": keygen(tmp_path / "stranger", "stranger")}
-    else:
-        port = silent_port if case == "silent-port" else free_port()
-        known = tmp_path / "known_hosts"
-        known.write_text(sshd.host_key_line.replace(str(sshd.port), str(port)) + "\n")
-        target = SimpleNamespace(
-            host=f"root@127.0.0.1:{port}", identity=sshd.identity, known_hosts=known
-        )
-        kw = {}
+    port = silent_port if case == "silent-port" else free_port()
+    known = tmp_path / "known_hosts"
+    known.write_text(sshd.host_key_line.replace(str(sshd.port), str(port)) + "\n")
+    target = SimpleNamespace(
+        host=f"root@127.0.0.1:{port}", identity=sshd.identity, known_hosts=known
+    )
     began = time.monotonic()
     result = run_week3(
-        tarball, env, duration=2, rate=10, runtime_factory=runtime_for(target, tarball, [], **kw)
+        tarball, env, duration=2, rate=10, runtime_factory=runtime_for(target, tarball, [])
     )
     assert time.monotonic() - began < 15
     assert not result.verdict.passed
@@ -468,9 +463,12 @@ def test_unreachable_host_fails_the_phase_with_an_error_receipt(
     errors = errors_of(result.receipts)
     reason = errors[0]["reason"]
     assert expected in reason and "BEGIN" not in reason
-    assert len(errors) == 1, [
-        (e.get("stage"), e["reason"]) for e in errors
-    ]  # no phantom "release exited" for a release never started
+    first = records(result.receipts)[0]
+    assert first["remote"]["reachable"] is False and first["remote"]["host_check_s"] >= 0
+    if case == "silent-port":  # the seconds spent waiting for a banner are in the evidence
+        assert first["remote"]["host_check_s"] >= 5
+    # no phantom "release exited" for a release never started
+    assert len(errors) == 1, [(e.get("stage"), e["reason"]) for e in errors]
     assert not (tmp_path / "host" / "runs").exists() or not any(
         (tmp_path / "host" / "runs").iterdir()
     )
@@ -505,13 +503,19 @@ def test_host_key_is_checked_against_known_hosts(sshd, tmp_path, known, accept, 
     assert again.host_key_added is None and again.unreachable is None
 
 
-def test_unknown_host_key_is_exit_2_before_any_receipt(sshd, reference_tarball, tmp_path):
-    empty = tmp_path / "known_hosts"
-    empty.write_text("")
+@pytest.mark.parametrize("case", ["unknown-host-key", "refused-key"])
+def test_bad_trust_is_exit_2_before_any_receipt(sshd, reference_tarball, tmp_path, case):
+    """An unknown host key and a key the host refuses are the operator's input, as a missing
+    key file is: one line, exit 2, no run opened, nothing in the ledger."""
+    known = tmp_path / "known_hosts"
+    known.write_text("" if case == "unknown-host-key" else sshd.known_hosts.read_text())
+    identity = (
+        sshd.identity if case == "unknown-host-key" else keygen(tmp_path / "stranger", "stranger")
+    )
     runs = tmp_path / "runs"
     done = subprocess.run(
         [INVOKE, "phase2.week3", "--tarball", str(reference_tarball()), "--host", sshd.host]
-        + ["--identity", str(sshd.identity), "--known-hosts", str(empty)],
+        + ["--identity", str(identity), "--known-hosts", str(known)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -519,9 +523,13 @@ def test_unknown_host_key_is_exit_2_before_any_receipt(sshd, reference_tarball, 
         timeout=60,
     )
     assert done.returncode == 2, done.stderr
-    assert "unknown host key for [127.0.0.1]:" in done.stderr
-    assert "--accept-new-host-key" in done.stderr
-    assert not list(runs.rglob("receipts.jsonl"))
+    if case == "unknown-host-key":
+        assert "unknown host key for [127.0.0.1]:" in done.stderr
+        assert "--accept-new-host-key" in done.stderr
+    else:
+        assert f"authentication failed for {sshd.host}" in done.stderr
+        assert "keys only, never a password" in done.stderr
+    assert not list(runs.rglob("receipts.jsonl")) and not (runs / "gates.jsonl").exists()
 
 
 def test_week4_over_ssh_with_the_cli_flags(sshd, reference_tarball, tmp_path):

@@ -58,7 +58,14 @@ def run_phase_frame(
             run.writer.subscribe(on_record)
         live = LiveRelease(run, tarball, workdir, env.start.port if port is None else port, runtime)
         played = play(run, live)
-        run.begin(info.as_receipt(), runtime=runtime.name, workdir=str(workdir), **begin)
+        remote = getattr(runtime, "run_facts", None)  # where it runs, the host check's time
+        run.begin(
+            info.as_receipt(),
+            runtime=runtime.name,
+            workdir=str(workdir),
+            **({"remote": remote} if isinstance(remote, dict) else {}),
+            **begin,
+        )
         try:
             played.stages()
         except KeyboardInterrupt:

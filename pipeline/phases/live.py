@@ -84,6 +84,8 @@ class LiveRelease:
                 files=info.file_count,
             )
             stage.note = f"{info.file_count} files in {seconds:.2f} s"
+            if self.runtime.name == "remote":
+                stage.note += " (checked here; the host extracts its own copy when it starts)"
         return self.release is not None
 
     def start(self) -> bool:

@@ -65,6 +65,7 @@ import json
 import secrets
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -93,7 +94,6 @@ from pipeline.runtime.remote_instance import (
 from pipeline.ssh.connection import (
     Connection,
     HostKeyPolicy,
-    NoAuth,
     RemoteFailure,
     Target,
     UnknownHostKey,
@@ -141,6 +141,7 @@ class RemoteRuntime:
         self.tarball = Path(tarball) if tarball else None
         self.host_key_added: str | None = None
         self.unreachable: str | None = None  # the pre-flight's network failure, kept for start()
+        self.host_check_s = 0.0
         self.instances: list[RemoteInstance] = []
         if preflight:
             self.verify_host()
@@ -180,21 +181,33 @@ class RemoteRuntime:
         t = self.options.connect_timeout_s
         return {"timeout": t, "banner_timeout": t, "auth_timeout": t, "channel_timeout": t}
 
+    def _auth(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"allow_agent": True, "look_for_keys": self.identity is None}
+        if self.identity is not None:
+            kwargs["key_filename"] = [str(self.identity)]
+        return kwargs
+
     def verify_host(self) -> None:
-        """Key exchange only (no authentication): an unknown or changed host key is a
-        PipelineError now, before any receipt; a network failure is kept for start()."""
+        """Before any receipt: the host key and our key. An unknown or changed host key, or a
+        key the host refuses, is a PipelineError now (bad input: exit 2, as a missing key file
+        is); a network failure is kept for start(), which records it in the run. How long this
+        took is `host_check_s` (the run record's `remote`)."""
         client, policy = self._client()
+        began = time.monotonic()
         try:
             client.connect(
                 self.target.host,
                 self.target.port,
                 self.target.user,
-                allow_agent=False,
-                look_for_keys=False,
-                auth_strategy=NoAuth(),
+                **self._auth(),
                 **self._timeouts(),
             )
-        except (UnknownHostKey, paramiko.BadHostKeyException) as exc:
+        except (
+            UnknownHostKey,
+            paramiko.BadHostKeyException,
+            paramiko.AuthenticationException,
+            paramiko.PasswordRequiredException,
+        ) as exc:
             raise PipelineError(describe(exc, self.target, self.identity)) from None
         except Exception as exc:  # noqa: BLE001 — refused, timeout, …: the phase reports it
             self.unreachable = describe(
@@ -202,7 +215,17 @@ class RemoteRuntime:
             )
         finally:
             client.close()
+            self.host_check_s = round(time.monotonic() - began, 3)
         self.host_key_added = policy.added
+
+    @property
+    def run_facts(self) -> dict[str, Any]:
+        """For the run's first line: where it runs, and the pre-flight's time and outcome."""
+        return {
+            "target": str(self.target),
+            "host_check_s": self.host_check_s,
+            "reachable": self.unreachable is None,
+        }
 
     def connect(self) -> Connection:
         """An authenticated connection (fabric), or RemoteFailure saying why not."""
@@ -211,13 +234,7 @@ class RemoteRuntime:
 
         if self.unreachable is not None:
             raise RemoteFailure(self.unreachable)
-        kwargs: dict[str, Any] = {
-            "allow_agent": True,
-            "look_for_keys": self.identity is None,
-            **self._timeouts(),
-        }
-        if self.identity is not None:
-            kwargs["key_filename"] = [str(self.identity)]
+        kwargs: dict[str, Any] = {**self._auth(), **self._timeouts()}
         # lazy: no fabric/invoke config files; an empty SSHConfig: no ~/.ssh/config either
         config = Config(lazy=True, ssh_config=paramiko.SSHConfig())
         fab = FabricConnection(

@@ -100,13 +100,6 @@ class HostKeyPolicy(paramiko.MissingHostKeyPolicy):
         self.added = f"{key.get_name()} {key.fingerprint}"
 
 
-class NoAuth:
-    """An auth strategy that authenticates nothing: the host key check alone (a pre-flight)."""
-
-    def authenticate(self, transport: Any) -> list[Any]:
-        return []
-
-
 def describe(
     exc: BaseException, target: Target, identity: Path | None, timeout: float | None = None
 ) -> str:
