@@ -114,6 +114,9 @@ class CloudRunSettings(Strict):
     service: str = "tai-autonomics"
     image: str = "file://{tarball}"  # template: {tarball}, {version}, {name}
     service_account: str | None = None
+    # Binary Authorization on the service (Google enforces it at deploy): "" off, "default"
+    # the project's default policy, else a policy name projects/P/platforms/cloudRun/policies/N
+    binary_authorization: str = ""
     env: dict[str, str] = {}
     min_instances: int = Field(0, ge=0)
     max_instances: int = Field(10, gt=0)
@@ -164,7 +167,9 @@ class RemoteSettings(Strict):
     connect_timeout_s: float = Field(10.0, gt=0)  # TCP connect, SSH banner, key exchange, auth
     command_timeout_s: float = Field(20.0, gt=0)  # any one remote command
     upload_timeout_s: float = Field(600.0, gt=0)  # the whole tarball upload
-    keepalive_s: float = Field(5.0, ge=0)  # keepalive wanting a reply; none this long: lost (0: off)
+    keepalive_s: float = Field(
+        5.0, ge=0
+    )  # keepalive wanting a reply; none this long: lost (0: off)
     lease_s: float = Field(15.0, ge=1)  # the host stops the release after this long unrenewed
 
 

@@ -302,3 +302,22 @@ def test_week3_attests_its_pass_on_the_releases_image_by_itself(
     assert attested["passed"] and attested["digest"] == world["digest"]["1.0.2"]
     _, rows = ops.listing(f"{world['repo']}:1.0.2")
     assert result.run_id in {r["run_id"] for r in rows}
+
+
+def test_a_deploy_asks_the_platform_to_enforce_binary_authorization(world, start_emulator):
+    """`[cloudrun] binary_authorization = "default"`: the service is created with
+    binaryAuthorization.useDefault (on Google, the platform then enforces the project's
+    policy at every deploy), and keeps it across later deploys."""
+    from pipeline.cloudrun.client import RunV2, Template
+
+    emulator = start_emulator()
+    base = config.load_env("cloudrun-local").cloudrun
+    settings = base.model_copy(update={
+        "binary_authorization": "default", "project": PARENT.split("/")[1],
+        "region": PARENT.split("/")[3], "service": "authorized", "min_instances": 0,
+    })  # fmt: skip
+    api = RunV2(settings, endpoint=emulator.url)
+    for version in ("1.0.0", "1.0.2"):
+        api.deploy(Template.of(settings, f"{world['repo']}:{version}"), None)
+        svc = emulator.services().get_service(name=f"{PARENT}/services/authorized")
+        assert svc.binary_authorization.use_default is True

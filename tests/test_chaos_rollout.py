@@ -55,6 +55,12 @@ def _shared_runs(cloud, monkeypatch):
     monkeypatch.setenv("PIPELINE_RUNS_DIR", str(cloud["runs"]))
 
 
+def errors_in(path: Path) -> list[tuple[str | None, str]]:
+    from fixtures_chaos import complete_records
+
+    return [(r.get("stage"), r["reason"]) for r in complete_records(path) if r["kind"] == "error"]
+
+
 def week5_receipts(runs: Path, before: set[Path]) -> Path | None:
     new = [p for p in runs.glob("*-week5-*/receipts.jsonl") if p not in before]
     return new[0] if len(new) == 1 else None
@@ -89,20 +95,22 @@ def test_a_rollout_killed_at_any_step_serves_the_last_completed_one_and_resumes(
     before = set(runs.glob("*-week5-*/receipts.jsonl"))
     command = [INVOKE, "phase2.week5", "--tarball", str(tarball), "--env", str(cloud["env_file"])]
     killed = kill_at(command, lambda: week5_receipts(runs, before), stage, signame, wait_s=180)
+    said = f"trial {trial}: {errors_in(killed.receipts)} / {killed.stderr[-1500:]}"
     assert_ended_by(killed, signame)
     state_path = killed.receipts.parent / "rollout.json"
     state = RolloutState.load(state_path)
-    assert state.phase not in ("done", "rolled_back"), state.phase
+    assert state.phase not in ("done", "rolled_back"), said
     if signame == "SIGKILL":  # traffic may sit at the cut step until runs.recover puts it back
         assert recover(killed.receipts)[-2]["kind"] == "crashed"
     if state.candidate:
-        assert candidate_share(cloud["env"], state.candidate) == state.current_percent
+        share = candidate_share(cloud["env"], state.candidate)
+        assert share == state.current_percent, f"{share} % on the candidate; {said}"
     verified = receipts.verify(killed.receipts)
     assert verified.ok and verified.sealed, verified.describe()
     spec = cloud["env"].gate_spec("week5")
     assert not gates.check(killed.receipts, spec).passed
     resumed = resume(state_path, cloud["env_file"])
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert resumed.returncode == 0, f"{resumed.stderr[-2000:]}; {said}"
     final = RolloutState.load(state_path)
     assert final.phase == "done" and final.current_percent == 100
     assert candidate_share(cloud["env"], final.candidate) == 100

@@ -298,6 +298,17 @@ class RunV2:
             service_account=template.service_account or "",
         )
 
+    def _binary_authorization(self) -> Any:
+        """`[cloudrun] binary_authorization` as the service's field (None: leave it as is)."""
+        from google.cloud import run_v2
+
+        chosen = self.settings.binary_authorization
+        if not chosen:
+            return None
+        if chosen == "default":
+            return run_v2.BinaryAuthorization(use_default=True)
+        return run_v2.BinaryAuthorization(policy=chosen)
+
     # --- the interface
 
     def get_service(self) -> ServiceState | None:
@@ -335,8 +346,11 @@ class RunV2:
 
         services, _ = self._api()
         try:
+            authorization = self._binary_authorization()
             if self.get_service() is None:
-                service = run_v2.Service(template=self._template(template))
+                service = run_v2.Service(
+                    template=self._template(template), binary_authorization=authorization
+                )
                 operation = self._call(
                     "create service",
                     lambda: services.create_service(
@@ -347,6 +361,8 @@ class RunV2:
 
             def change(svc: Any) -> None:
                 svc.template = self._template(template)
+                if authorization is not None:
+                    svc.binary_authorization = authorization
                 if traffic is not None:
                     svc.traffic = self._traffic(traffic)
 
