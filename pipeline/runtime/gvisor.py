@@ -16,7 +16,7 @@ everything a start created, whatever happened: the container (`runsc delete -for
 Stats: memory from the cgroup (memory.usage_in_bytes: the whole sandbox, sentry included), CPU
 from `runsc events --stats` (cumulative nanoseconds; the percent is the delta between samples).
 
-Why ~830 lines: the OCI bundle, the cgroup, runsc's commands and the sandbox instance are one
+Why ~870 lines: the OCI bundle, the cgroup, runsc's commands and the sandbox instance are one
 runtime; runtime/remote.py still calls some of its parts over SSH (issue #18 item 3 gives them a
 host executor).
 """

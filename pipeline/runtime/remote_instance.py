@@ -1,9 +1,9 @@
 """The release on a host over SSH: a process (RemoteInstance) or a gVisor sandbox
 (RemoteSandboxInstance), each run under one wrapper script on the host that reports its pid and
-exit status and stops it when asked or when the connection dies. See runtime/remote.py for the
-runtime that starts them and the whole story.
+exit status and stops it when asked, when the connection dies or when its lease lapses. See
+runtime/remote.py for the runtime that starts them and the whole story.
 
-Why ~830 lines: the two classes share the wrapper protocol, the log follower and the stop; the
+Why ~870 lines: the two classes share the wrapper protocol, the log follower and the stop; the
 sandbox's differences are the named hooks, overridden in the subclass."""
 
 from __future__ import annotations
