@@ -380,6 +380,43 @@ def test_a_frozen_link_ends_the_stage_and_the_host_stops_the_release_itself(
         server.thaw(frozen)
 
 
+def test_a_frozen_link_mid_pilot_stops_the_replay_naming_it(
+    sshd_factory, reference_tarball, tmp_path
+):
+    """Week 4 over SSH, the link frozen at the first answer: the replay ends when the
+    keepalive goes unanswered (2 s) — the lost link closes the forwarded port, or the watch
+    stops the replay, whichever comes first — instead of each operation waiting out its own
+    10 s timeout; the stage names the lost link."""
+    from pipeline.phases.week4 import run_week4
+
+    server = sshd_factory()
+    tarball = reference_tarball()
+    env_file = tmp_path / "lease.toml"
+    env_file.write_text(
+        f'extends = "{REPO / "envs" / "local.toml"}"\n[remote]\n'
+        f"dir = {json.dumps(str(tmp_path / 'host'))}\nkeepalive_s = 2\nlease_s = 6\n"
+    )
+    frozen: list[Any] = []
+    at: list[float] = []
+
+    def on_record(record: dict[str, Any]) -> None:
+        if record["kind"] == "operation" and not frozen:
+            at.append(time.monotonic())
+            frozen.extend(server.freeze())
+
+    try:
+        result = run_week4(
+            tarball, config.load_env(env_file), concurrency=1,
+            runtime_factory=runtime_for(server, tarball, []), on_record=on_record,
+        )  # fmt: skip
+        assert frozen and time.monotonic() - at[0] < 25
+        (error,) = [e for e in errors_of(result.receipts) if e.get("stage") == "pilot"]
+        assert "keepalive: no answer in 2 s" in error["reason"], error
+        assert receipts.verify(result.receipts).sealed
+    finally:
+        server.thaw(frozen)
+
+
 @pytest.fixture
 def silent_port():
     """A port on 127.0.0.1 that accepts TCP and never says a word."""

@@ -198,3 +198,29 @@ def test_cli_pilot_generate_writes_a_loadable_scenario(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == str(out)
     assert len(pilots.load_scenario(out).operations) == 80
+
+
+def test_a_release_killed_mid_pilot_stops_the_replay_and_says_so(reference_tarball, tmp_path):
+    """beam.smp killed (-9) at the first answer: the replay stops when the death is seen and
+    the stage names it, instead of listing every later operation as a mismatch."""
+    import signal
+
+    pid: list[int] = []
+
+    def on_record(record: dict) -> None:
+        if record["kind"] == "startup":
+            pid.append(record["pid"])
+        if record["kind"] == "operation" and len(pid) == 1:
+            pid.append(0)
+            os.kill(pid[0], signal.SIGKILL)
+
+    result = run_week4(
+        reference_tarball(), config.load_env("local"), receipts=tmp_path / "r.jsonl",
+        on_record=on_record,
+    )  # fmt: skip
+    assert not result.verdict.passed
+    found = list(receipts.iter_records(result.receipts))
+    (error,) = [r for r in found if r["kind"] == "error" and r.get("stage") == "pilot"]
+    assert error["reason"].startswith("the release exited (status 137) during the pilot")
+    assert not [r for r in found if r["kind"] == "revenue"]  # no revenue for a cut pilot
+    assert receipts.verify(result.receipts).sealed

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,7 +90,7 @@ def run_load_stage(
         run.write("request", stage_name, **result.as_receipt())
 
     token = stop or StopToken()
-    with run.stage(stage_name) as stage, _watching(instance, token) as death:
+    with run.stage(stage_name) as stage, liveness_watch(instance, token.stop) as death:
         summary = open_loop(run, url, plan, on_result=on_result, stop=token)
         run.write("summary", stage_name, **summary.as_receipt())
         run.facts.update(p50_ms=summary.p50_ms, p95_ms=summary.p95_ms, rps=summary.achieved_rps)
@@ -108,9 +108,12 @@ def run_load_stage(
 
 
 @contextlib.contextmanager
-def _watching(instance: Instance | None, token: Any) -> Iterator[dict[str, float]]:
-    """While the body runs, check every 0.1 s that the instance is alive; when it is not, stop
-    the load (`token`) at once. Yields {"at_s": seconds into the body when it was seen gone}."""
+def liveness_watch(
+    instance: Instance | None, on_gone: Callable[[], None]
+) -> Iterator[dict[str, float]]:
+    """While the body runs, check every 0.1 s that the instance is alive; when it is not, call
+    `on_gone` (stop the load, the replay) at once. Yields {"at_s": seconds into the body when
+    it was seen gone}."""
     import threading
     import time
 
@@ -125,7 +128,7 @@ def _watching(instance: Instance | None, token: Any) -> Iterator[dict[str, float
         while not done.wait(0.1):
             if not instance.alive():
                 seen["at_s"] = time.monotonic() - began
-                token.stop()
+                on_gone()
                 return
 
     watcher = threading.Thread(target=watch, name="liveness", daemon=True)

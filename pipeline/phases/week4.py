@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Env
-from pipeline.phases.base import PhaseResult, PhaseRun
+from pipeline.phases.base import PhaseResult, PhaseRun, StageFailed
 from pipeline.phases.frame import run_live_phase
 from pipeline.pilots import Scenario, load_scenario
 from pipeline.runtime.base import Instance
@@ -17,9 +17,15 @@ MISMATCHES_SHOWN = 5
 
 
 def run_pilot_stage(
-    run: PhaseRun, url: str, scenario: Scenario, concurrency: int
+    run: PhaseRun,
+    url: str,
+    scenario: Scenario,
+    concurrency: int,
+    instance: Instance | None = None,
 ) -> list[dict[str, Any]]:
-    """Replay the scenario; one `operation` receipt per step, then the `revenue` receipt."""
+    """Replay the scenario; one `operation` receipt per step, then the `revenue` receipt. With
+    the `instance`, the replay stops the moment the release is gone, and the stage says why."""
+    from pipeline.phases.stages import liveness_watch
     from pipeline.probes.replay import Outcome, replay
 
     lock = threading.Lock()
@@ -34,8 +40,18 @@ def run_pilot_stage(
             if not outcome.matched:
                 mismatches.append(record)
 
+    gone = threading.Event()
     with run.stage("pilot") as stage:
-        replay(url, scenario.operations, concurrency=concurrency, on_outcome=on_outcome)
+        with liveness_watch(instance, gone.set) as death:
+            replay(
+                url, scenario.operations, concurrency=concurrency, on_outcome=on_outcome,
+                stop=gone,
+            )  # fmt: skip
+        if instance is not None and not instance.alive():
+            why = f"{instance.gone() or 'the release exited'} during the pilot"
+            if gone.is_set():
+                why += f"; the replay stopped after {death.get('at_s', 0.0):.1f} s"
+            raise StageFailed(why, log_tail=instance.logs(50))
         amount = scenario.revenue(billable)
         run.write(
             "revenue",
@@ -90,7 +106,7 @@ def run_week4(
     spec = env.gate_spec(env.phase("week4").gate or "week4")
 
     def body(run: PhaseRun, instance: Instance) -> None:
-        run_pilot_stage(run, instance.url, pilot, concurrency or pilot.concurrency)
+        run_pilot_stage(run, instance.url, pilot, concurrency or pilot.concurrency, instance)
 
     begin = {
         "scenario": {"path": str(pilot.path), "sha256": pilot.sha256, "tenant": pilot.tenant_id}

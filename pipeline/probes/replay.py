@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -56,6 +58,7 @@ async def _replay(
     concurrency: int,
     on_outcome: Callable[[Outcome], None],
     timeout: float,
+    stop: threading.Event | None = None,
 ) -> None:
     import aiohttp
 
@@ -92,7 +95,17 @@ async def _replay(
 
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
-        await asyncio.gather(*(run_group(session, g) for g in ordered_groups(operations)))
+        work = asyncio.ensure_future(
+            asyncio.gather(*(run_group(session, g) for g in ordered_groups(operations)))
+        )
+        while stop is not None and not work.done():
+            await asyncio.wait({work}, timeout=0.1)
+            if stop.is_set() and not work.done():  # the release is gone: no more sends
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+                return
+        await work
 
 
 def replay(
@@ -102,6 +115,8 @@ def replay(
     concurrency: int = 4,
     on_outcome: Callable[[Outcome], None] = lambda o: None,
     timeout: float = 10.0,
+    stop: threading.Event | None = None,
 ) -> None:
-    """Send every operation once; `on_outcome` sees each answer as it arrives."""
-    asyncio.run(_replay(base_url.rstrip("/"), operations, concurrency, on_outcome, timeout))
+    """Send every operation once; `on_outcome` sees each answer as it arrives. `stop` set
+    ends the replay at once (in-flight operations are abandoned, none is sent after)."""
+    asyncio.run(_replay(base_url.rstrip("/"), operations, concurrency, on_outcome, timeout, stop))
