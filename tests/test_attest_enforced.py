@@ -321,3 +321,20 @@ def test_a_deploy_asks_the_platform_to_enforce_binary_authorization(world, start
         api.deploy(Template.of(settings, f"{world['repo']}:{version}"), None)
         svc = emulator.services().get_service(name=f"{PARENT}/services/authorized")
         assert svc.binary_authorization.use_default is True
+
+
+def test_a_platform_denial_is_a_failed_deploy_not_a_crash(world, start_emulator):
+    """The emulator enforcing, week 5's client deploying an unattested image without its own
+    preflight: Cloud Run's FAILED_PRECONDITION (HTTP 400 over REST) is a refused deploy
+    (DeployFailed: the step fails, the gate fails, exit 99), never an unexpected error (exit 1)."""
+    from pipeline.cloudrun.client import DeployFailed, RunV2, Template
+
+    emulator = start_emulator(settings={"binauthz_policy": str(world["policy"])})
+    base = config.load_env("cloudrun-local").cloudrun
+    settings = base.model_copy(update={
+        "project": PARENT.split("/")[1], "region": PARENT.split("/")[3], "service": "refused",
+    })  # fmt: skip
+    api = RunV2(settings, endpoint=emulator.url)
+    with pytest.raises(DeployFailed, match="denied by Binary Authorization policy"):
+        api.deploy(Template.of(settings, f"{world['repo']}:1.0.1"), None)
+    assert api.get_service() is None  # nothing was created

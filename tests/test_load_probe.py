@@ -375,7 +375,10 @@ def test_open_loop_server_stall_shows_in_latency(make_server) -> None:
     assert stalled.latency_ms >= 500
     start = stalled.scheduled_s
     during = [r for r in by_schedule[60:] if r.scheduled_s < start + 0.5]
-    assert len(during) >= 95
+    # every request due during the stall (60..159) was sent and carries it, or, on a busy
+    # machine, came due too late to send and was dropped and counted (the tail): none is lost
+    dropped_during = len(range(max(60, summary.sent), 160))
+    assert len(during) + dropped_during >= 95 and len(during) >= 50, (len(during), summary.dropped)
     for r in during:
         assert r.latency_ms >= (start + 0.5 - r.scheduled_s) * 1000 - 1, r
     assert summary.max_ms >= 500
