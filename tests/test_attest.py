@@ -141,8 +141,10 @@ def test_keygen_writes_a_private_key_only_its_owner_reads_and_never_overwrites(t
 
 def test_no_key_configured_names_both_places(monkeypatch):
     monkeypatch.delenv(keys.KEY_ENV, raising=False)
+    from pipeline import config
+
     with pytest.raises(PipelineError, match="PIPELINE_ATTEST_KEY or \\[attest\\] key"):
-        keys.private_key_path(None)
+        keys.private_key_path(config.load_env("local"))
 
 
 # -------------------------------------------------------------------------- the policy file
@@ -285,7 +287,16 @@ def test_an_exempt_name_pattern_and_the_evaluation_modes(trusted):
     assert not denied.admitted and "ALWAYS_DENY" in denied.message
 
 
-def test_a_key_file_is_read_from_the_env_variable_before_the_env_file(tmp_path, monkeypatch):
-    made = keys.keygen(tmp_path / "k")
-    monkeypatch.setenv(keys.KEY_ENV, str(made.private))
-    assert keys.private_key_path("/elsewhere/attest.key") == Path(made.private)
+def test_the_signing_key_is_the_flag_then_the_variable_then_the_env_file(tmp_path, monkeypatch):
+    from pipeline import config
+
+    env_file = tmp_path / "envs" / "signing.toml"
+    env_file.parent.mkdir()
+    env_file.write_text('extends = "local"\n[attest]\nkey = "keys/attest.key"\n')
+    env = config.load_env(env_file)
+    monkeypatch.delenv(keys.KEY_ENV, raising=False)
+    assert keys.configured(env)
+    assert keys.private_key_path(env) == tmp_path / "envs" / "keys" / "attest.key"  # its file's
+    monkeypatch.setenv(keys.KEY_ENV, "/from/the/variable.key")
+    assert keys.private_key_path(env) == Path("/from/the/variable.key")
+    assert keys.private_key_path(env, "/from/the/flag.key") == Path("/from/the/flag.key")

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from pipeline.attest.dsse import key_id
+from pipeline.config import Env
 from pipeline.errors import PipelineError
 
 KEY_ENV = "PIPELINE_ATTEST_KEY"
@@ -56,16 +57,24 @@ def public_pem(public: Ed25519PublicKey) -> str:
     ).decode()
 
 
-def private_key_path(configured: str | None) -> Path:
-    """PIPELINE_ATTEST_KEY, else the env's `[attest] key`; a PipelineError naming both when
-    neither is set."""
-    chosen = os.environ.get(KEY_ENV) or configured
-    if not chosen:
-        raise PipelineError(
-            f"no signing key: set {KEY_ENV} or [attest] key in the env file "
-            "(make one with `invoke attest.keygen --out DIR`)"
-        )
-    return Path(chosen)
+def private_key_path(env: Env, flag: str | None = None) -> Path:
+    """The signing key: `--key`, else PIPELINE_ATTEST_KEY, else the env's `[attest] key`
+    (relative to the file that set it); a PipelineError naming them when none is set."""
+    if flag:
+        return Path(flag).expanduser()
+    if os.environ.get(KEY_ENV):
+        return Path(os.environ[KEY_ENV]).expanduser()
+    if env.attest.key:
+        return env.file_path("attest.key", env.attest.key)
+    raise PipelineError(
+        f"no signing key: set {KEY_ENV} or [attest] key in the env file "
+        "(make one with `invoke attest.keygen --out DIR`)"
+    )
+
+
+def configured(env: Env) -> bool:
+    """A signing key is set for this env (the phases then attest their own passes)."""
+    return bool(os.environ.get(KEY_ENV) or env.attest.key)
 
 
 def load_private(path: Path) -> Ed25519PrivateKey:

@@ -98,9 +98,8 @@ def listing(image: str) -> tuple[str, list[dict[str, Any]]]:
     for stored in store.fetch(registry, ref, digest):
         row: dict[str, Any] = {"artifact": stored.digest}
         try:
-            statement = dsse.statement_of(dsse.open_envelope(stored.envelope, {}))
-            predicate = statement.get("predicate") or {}
             opened = dsse.open_envelope(stored.envelope, {})
+            predicate = dsse.statement_of(opened).get("predicate") or {}
             row.update(
                 gate=predicate.get("gate"),
                 verdict=predicate.get("verdict"),

@@ -6,7 +6,6 @@ the gate passed; `invoke attest.create` can attest it later from the same receip
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 from pipeline import release as releases
@@ -22,8 +21,7 @@ def attest_passed(
 ) -> dict[str, Any] | None:
     if not result.verdict.passed:
         return None
-    configured = env.attest.key
-    if not (os.environ.get(keys.KEY_ENV) or configured):
+    if not keys.configured(env):
         return None
     note = view.note if view is not None else (lambda _: None)
     ref = image_ref(env.image.ref, info.name, info.version)
@@ -39,9 +37,7 @@ def attest_passed(
             image=str(ref),
             spec=env.gate_spec(env.phase(result.phase).gate or result.phase),
             env_name=env.name,
-            key_path=keys.private_key_path(
-                str(env.file_path("attest.key", configured)) if configured else None
-            ),
+            key_path=keys.private_key_path(env),
         )
     except PipelineError as exc:
         note(f"not attested: {exc}")

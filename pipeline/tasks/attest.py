@@ -46,14 +46,7 @@ def create(c, gate, receipts, image, env="local", key=None, json=False):
         from pipeline.errors import GateFailed
 
         environment = config.load_env(env)
-        configured = environment.attest.key
-        key_path = (
-            keys.private_key_path(key)
-            if key
-            else keys.private_key_path(
-                str(environment.file_path("attest.key", configured)) if configured else None
-            )
-        )
+        key_path = keys.private_key_path(environment, key)
         done = ops.create(
             gate=gate,
             receipts_path=receipt_log.receipts_file(receipts),
