@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -126,8 +127,25 @@ def handled() -> Iterator[None]:
     _cause.clear()
     _noted.clear()
     _hurry.clear()
+    unraisable = sys.unraisablehook
+    sys.unraisablehook = _kept(unraisable)
     try:
         yield
     finally:
+        sys.unraisablehook = unraisable
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _kept(previous: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Ctrl-C's KeyboardInterrupt raised inside a finalizer is printed and dropped by Python
+    ("Exception ignored in …"): note it, so the next stage boundary raises it again (a chaos
+    trial saw a week 5 run pass after a SIGINT lost that way)."""
+
+    def hook(unraisable: Any) -> None:
+        kind = getattr(unraisable, "exc_type", None)
+        if isinstance(kind, type) and issubclass(kind, KeyboardInterrupt) and not _cause:
+            _cause.append("SIGINT (Ctrl-C)")
+        previous(unraisable)
+
+    return hook

@@ -85,3 +85,23 @@ def test_a_child_whose_parent_died_before_its_death_notice_was_armed_never_start
     assert other.stdout.strip() == "status 1" and not marker.exists()
     mine = subprocess.run(argv, timeout=30)  # started by us: it runs
     assert mine.returncode == 0 and marker.exists()
+
+
+def test_a_ctrl_c_lost_in_a_finalizer_is_raised_again_at_the_next_stage_boundary():
+    """Python prints and drops a KeyboardInterrupt raised inside `__del__` ("Exception ignored
+    in …"); the run must still stop at its next stage boundary, naming Ctrl-C."""
+    import gc
+
+    from pipeline import interrupts
+
+    class Finalized:
+        def __del__(self) -> None:
+            raise KeyboardInterrupt  # as a Ctrl-C landing while the GC runs a finalizer
+
+    with interrupts.handled():
+        assert not interrupts.pending()
+        Finalized()
+        gc.collect()
+        assert interrupts.pending()
+        with pytest.raises(KeyboardInterrupt, match="interrupted by SIGINT"):
+            interrupts.raise_pending()
