@@ -192,6 +192,15 @@ def test_attest_create_refuses_the_image_of_another_release(world):
 # -------------------------------------------------------------------------- enforced
 
 
+def settings_for(service: str, **more: Any) -> Any:
+    """cloudrun-local's [cloudrun], pointed at the test emulator's project and region."""
+    base = config.load_env("cloudrun-local").cloudrun
+    _, project, _, region = PARENT.split("/")
+    return base.model_copy(
+        update={"project": project, "region": region, "service": service, **more}
+    )
+
+
 def service_body(image: str) -> Any:
     from google.cloud import run_v2
 
@@ -311,11 +320,7 @@ def test_a_deploy_asks_the_platform_to_enforce_binary_authorization(world, start
     from pipeline.cloudrun.client import RunV2, Template
 
     emulator = start_emulator()
-    base = config.load_env("cloudrun-local").cloudrun
-    settings = base.model_copy(update={
-        "binary_authorization": "default", "project": PARENT.split("/")[1],
-        "region": PARENT.split("/")[3], "service": "authorized", "min_instances": 0,
-    })  # fmt: skip
+    settings = settings_for("authorized", binary_authorization="default", min_instances=0)
     api = RunV2(settings, endpoint=emulator.url)
     for version in ("1.0.0", "1.0.2"):
         api.deploy(Template.of(settings, f"{world['repo']}:{version}"), None)
@@ -330,10 +335,7 @@ def test_a_platform_denial_is_a_failed_deploy_not_a_crash(world, start_emulator)
     from pipeline.cloudrun.client import DeployFailed, RunV2, Template
 
     emulator = start_emulator(settings={"binauthz_policy": str(world["policy"])})
-    base = config.load_env("cloudrun-local").cloudrun
-    settings = base.model_copy(update={
-        "project": PARENT.split("/")[1], "region": PARENT.split("/")[3], "service": "refused",
-    })  # fmt: skip
+    settings = settings_for("refused")
     api = RunV2(settings, endpoint=emulator.url)
     with pytest.raises(DeployFailed, match="denied by Binary Authorization policy"):
         api.deploy(Template.of(settings, f"{world['repo']}:1.0.1"), None)

@@ -8,6 +8,7 @@ attested and checked (a tag moved afterwards changes nothing).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,7 +144,7 @@ def verify(
     image: str,
     policy_path: Path,
     *,
-    receipts_files: list[Path] = (),  # type: ignore[assignment]
+    receipts_files: Sequence[Path] = (),
     specs: dict[str, gates.GateSpec] | None = None,
 ) -> Checked:
     """The policy's decision about the image; with receipts files, each accepted attestation
