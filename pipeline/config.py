@@ -174,11 +174,13 @@ class RemoteSettings(Strict):
 
 
 class MonitoringSettings(Strict):
-    """Where week 5 reads per-revision metrics (owned by cloudrun/monitoring.py): "" the
-    emulator's own metrics endpoint locally (nothing on Google), "emulator" the Cloud Monitoring
-    API the emulator serves, "monitoring.googleapis.com" Google's, or host:port."""
+    """Where week 5 reads per-revision metrics (owned by cloudrun/monitoring.py): "" picks for
+    the Cloud Run endpoint (the Cloud Monitoring API the local emulator serves, else Google's),
+    "emulator", "monitoring.googleapis.com", host:port, or "none" (no metrics: the rollout
+    judges from its own receipts and drains wait the whole window)."""
 
     endpoint: str = ""
+    point_s: int = Field(0, ge=0)  # the platform's point period: 0 = 1 s on the emulator, else 60
 
 
 class AnalysisSettings(Strict):

@@ -207,6 +207,16 @@ REGISTRY: dict[str, Metric] = {
     "memory.mb": Metric(("metrics",), _field("rss_mb"), "resident memory of the release, MB"),
     "cpu.percent": Metric(("metrics",), _field("cpu_percent"), "CPU of the release, % of one core"),
     "instances": Metric(("metrics",), _field("instances"), "instances serving, per sample"),
+    "cpu.utilization": Metric(
+        ("metrics",),
+        _field("cpu_utilization"),
+        "busiest instances' CPU (p99), fraction of the limit",
+    ),
+    "memory.utilization": Metric(
+        ("metrics",),
+        _field("memory_utilization"),
+        "fullest instances' memory (p99), fraction of the limit",
+    ),
     "errors": Metric(("error",), _one, "one sample per error receipt"),
     "crashed": Metric(("crashed",), _one, "a run closed by runs.recover after it was killed"),
     "instances.shortfall": Metric(

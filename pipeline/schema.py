@@ -69,7 +69,8 @@ _DECLARED: dict[str, tuple[str, str, str]] = {
         "one resource sample of the release, or of a Cloud Run revision's instances",
         "",
         "t_s:num rss_mb:num cpu_percent:num band:str cpu_band:str revision:str instance:str "
-        "instances:int inflight:int instances_needed:int instance_requests:int",
+        "instances:int inflight:int instances_needed:int instance_requests:int demand:num "
+        "cpu_utilization:num memory_utilization:num",
     ),
     "shutdown": (
         "the release stopped",
@@ -92,7 +93,7 @@ _DECLARED: dict[str, tuple[str, str, str]] = {
     "metric": (
         "one Cloud Monitoring query and the points it read",
         "metric:str filter:str aligner:str period_s:int end_s:int series:list",
-        "",
+        "window_s:int",
     ),
     "capture": ("the release's own stdout receipts", "count:int kinds:obj invalid_lines:int", ""),
     "error": ("what went wrong, once", "reason:str", "log_tail:list signal:str"),

@@ -295,6 +295,16 @@ BAD_TEMPLATES = [
         "livenessProbe.grpc: gRPC probes are not supported",
     ),
     (
+        "cpu limit",
+        {"containers": [{"image": IMG1, "resources": {"limits": {"cpu": "two"}}}]},
+        'resources.limits.cpu: expected cores like "2" or "500m", got \'two\'',
+    ),
+    (
+        "memory limit",
+        {"containers": [{"image": IMG1, "resources": {"limits": {"memory": "512 MB"}}}]},
+        "resources.limits.memory: expected a size like \"512Mi\", got '512 MB'",
+    ),
+    (
         "liveness probe without a check",
         {"containers": [{"image": IMG1, "livenessProbe": {"periodSeconds": 5}}]},
         "livenessProbe: set exactly one of httpGet and tcpSocket",
@@ -584,3 +594,20 @@ def test_metrics_become_receipts_one_per_revision_and_per_instance():
     assert (revision["scope"], revision["instances"], revision["p95_ms"]) == ("revision", 1, 2.0)
     assert (instance["scope"], instance["rss_mb"], instance["instance"]) == ("instance", 60.0, "i1")
     assert "instances" not in instance, "the gate's `instances` metric counts revisions only"
+
+
+@pytest.mark.parametrize(
+    ("limits", "cores", "memory"),
+    [
+        (None, 1.0, 512 * 2**20),
+        ({"cpu": "500m", "memory": "1Gi"}, 0.5, 2**30),
+        ({"cpu": "2", "memory": "256M"}, 2.0, 256 * 10**6),
+        ({"cpu": "0.25"}, 0.25, 512 * 2**20),
+    ],
+    ids=["cloud-run-defaults", "millicores-gibibytes", "cores-megabytes", "fractional-cores"],
+)
+def test_the_limits_monitorings_utilizations_are_fractions_of(limits, cores, memory):
+    from pipeline.emulator.validation import limits_of
+
+    container = {"image": IMG1} | ({"resources": {"limits": limits}} if limits else {})
+    assert limits_of(container) == (cores, memory)

@@ -1,10 +1,12 @@
 """Cloud Monitoring on the emulator, read with the official `google-cloud-monitoring` client
 (MetricServiceClient over gRPC, the only transport it has): request counts per revision and
-response code, rates, latency percentiles, instance counts, REDUCE_SUM, paging, bad filters."""
+response code, rates, latency percentiles, instance counts, each instance's most concurrent
+requests, CPU/memory utilization, distributions, REDUCE_SUM, paging, bad filters."""
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -21,8 +23,8 @@ def run_v2() -> Any:
 
 @pytest.fixture(scope="module")
 def served(shared_emulator, reference_tarball) -> dict[str, Any]:
-    """One service with two revisions (stable 100 %, candidate tagged, 0 %): 30 requests to the
-    service URL, 12 to the candidate's tag URL."""
+    """One service with two revisions (stable 100 %, candidate tagged, 0 %, answering 400 ms
+    late): 30 requests to the service URL, 12 to the candidate's tag URL: 6 one by one, then 6 at once."""
     v2 = run_v2()
     emulator = shared_emulator
     image = f"file://{reference_tarball()}"
@@ -38,7 +40,10 @@ def served(shared_emulator, reference_tarball) -> dict[str, Any]:
         .result(timeout=120, polling=emulator.POLL)
     )
     stable = svc.latest_ready_revision
-    svc.template.containers[0].env = [v2.EnvVar(name="ROUND", value="2")]
+    svc.template.containers[0].env = [
+        v2.EnvVar(name="TAIEA_FAULT", value="delay"),
+        v2.EnvVar(name="TAIEA_DELAY_MS", value="400"),
+    ]
     kind = v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
     svc = emulator.services().update_service(service=svc).result(timeout=120, polling=emulator.POLL)
     candidate = svc.latest_created_revision
@@ -51,8 +56,10 @@ def served(shared_emulator, reference_tarball) -> dict[str, Any]:
     began = time.time()
     for _ in range(30):
         assert get(svc.uri)[0] == 200
-    for _ in range(12):
+    for _ in range(12 - CONCURRENT):
         assert get(tag_url)[0] == 200
+    with ThreadPoolExecutor(CONCURRENT) as pool:
+        assert [a[0] for a in pool.map(lambda _: get(tag_url), range(CONCURRENT))] == [200] * 6
     status, body = emulator.call("GET", "/emulator/v1/status")
     assert status == 200 and body["monitoring"]
     return {
@@ -61,6 +68,9 @@ def served(shared_emulator, reference_tarball) -> dict[str, Any]:
         "candidate": short(candidate),
         "began": began,
     }
+
+
+CONCURRENT = 6
 
 
 def kind_name(value: int) -> str:
@@ -177,6 +187,65 @@ def test_aligners_and_reducers(served):
     assert active.points[0].value.int64_value >= 1
 
 
+def test_each_instances_most_concurrent_requests_is_served_as_a_distribution(served):
+    """Six requests held 400 ms at once on the candidate's one instance: the point covering them
+    says six (ALIGN_PERCENTILE_99, and the distribution's range), the stable revision's sequential ones
+    one; the raw points are one value per instance and second."""
+    of = f'metric.type = "{mon.MAX_CONCURRENCIES}" AND resource.labels.revision_name = '
+    hour = {"alignment_period": {"seconds": 3600}}
+    (candidate,) = listed(
+        served, of + f'"{served["candidate"]}"', **hour, per_series_aligner="ALIGN_PERCENTILE_99"
+    )
+    assert dict(candidate.metric.labels) == {"state": "active"}
+    assert candidate.points[0].value.double_value == CONCURRENT
+    (merged,) = listed(
+        served,
+        of + f'"{served["candidate"]}"',
+        **hour,
+        per_series_aligner="ALIGN_DELTA",
+        cross_series_reducer="REDUCE_SUM",
+        group_by_fields=["resource.labels.revision_name"],
+    )
+    assert (kind_name(merged.metric_kind), type_name(merged.value_type)) == (
+        "DELTA",
+        "DISTRIBUTION",
+    )
+    spread = merged.points[0].value.distribution_value
+    assert spread.range.max == CONCURRENT and spread.count >= 1
+    assert sum(spread.bucket_counts) == spread.count
+    (stable,) = listed(
+        served, of + f'"{served["stable"]}"', **hour, per_series_aligner="ALIGN_PERCENTILE_99"
+    )
+    assert stable.points[0].value.double_value == 1
+    raw = listed(served, of + f'"{served["candidate"]}"')
+    assert raw and all(p.value.distribution_value.count == 1 for s in raw for p in s.points)
+
+
+def test_memory_and_cpu_utilization_are_fractions_of_the_revisions_limits(served, shared_emulator):
+    """No limits in the template: Cloud Run's 1 CPU and 512 MiB. Memory utilization × 512 MiB is
+    the instance's resident memory as the emulator's own metrics report it."""
+    from pipeline.waiting import poll
+
+    of = f'resource.labels.revision_name = "{served["stable"]}"'
+
+    def utilization(metric: str) -> float | None:
+        found = listed(
+            served,
+            f'metric.type = "{metric}" AND {of}',
+            alignment_period={"seconds": 3600},
+            per_series_aligner="ALIGN_PERCENTILE_99",
+        )
+        return found[0].points[0].value.double_value if found else None
+
+    memory = poll(lambda: utilization(mon.MEMORY_UTILIZATIONS), timeout=10, what="memory")
+    stable = shared_emulator.revision_metrics(f"{PARENT}/services/watched", served["stable"])
+    rss_mb = max(i["rss_mb"] for i in stable["instance_list"] if i.get("rss_mb"))
+    assert memory * 512 == pytest.approx(rss_mb, rel=0.25)
+    assert 0 < memory < 1
+    cpu = utilization(mon.CPU_UTILIZATIONS)
+    assert cpu is not None and 0 <= cpu <= 1.5  # one core's share may overshoot briefly
+
+
 def test_paging_follows_the_token(served):
     from google.cloud import monitoring_v3
 
@@ -206,7 +275,7 @@ def test_paging_follows_the_token(served):
         ),
         ('metric.type = starts_with("run.googleapis.com")', {}, "is not supported"),
         (
-            'metric.type = "run.googleapis.com/container/cpu/utilizations"',
+            'metric.type = "run.googleapis.com/container/billable_instance_time"',
             {},
             "not served by the emulator",
         ),
@@ -216,8 +285,20 @@ def test_paging_follows_the_token(served):
             {"alignment_period": {"seconds": 60}, "per_series_aligner": "ALIGN_RATE"},
             "does not apply to",
         ),
+        (
+            f'metric.type = "{mon.MAX_CONCURRENCIES}"',
+            {"alignment_period": {"seconds": 60}, "per_series_aligner": "ALIGN_MAX"},
+            "does not apply to",
+        ),
     ],
-    ids=["or", "function", "unserved-metric", "no-metric-type", "wrong-aligner"],
+    ids=[
+        "or",
+        "function",
+        "unserved-metric",
+        "no-metric-type",
+        "wrong-aligner",
+        "max-of-a-distribution",
+    ],
 )
 def test_a_bad_query_is_invalid_argument_naming_the_clause(served, filter_, aggregation, says):
     from google.api_core import exceptions
@@ -249,3 +330,24 @@ def test_counts_come_from_per_second_counters_that_outlive_the_latency_ring():
     for second in range(5000):
         stats.count(second + 0.2, 200)
     assert min(stats.per_second) >= 5000 - 1 - 3600 and len(stats.per_second) <= 3602
+
+
+@pytest.mark.parametrize(
+    ("values", "buckets", "counts", "mean"),
+    [
+        ((0.0, 1.0, 3.0, 3.0, 9.0), {"exponential_buckets": {"num_finite_buckets": 3, "growth_factor": 2, "scale": 1}}, [1, 1, 2, 0, 1], 3.2),
+        ((0.02, 0.07, 0.5), {"linear_buckets": {"num_finite_buckets": 2, "width": 0.05, "offset": 0}}, [0, 1, 1, 1], 0.19667),
+        ((), {"linear_buckets": {"num_finite_buckets": 1, "width": 1, "offset": 0}}, [0, 0, 0], 0.0),
+    ],
+    ids=["exponential-with-underflow", "linear-with-overflow", "empty"],
+)  # fmt: skip
+def test_a_distribution_counts_each_value_in_its_bucket(values, buckets, counts, mean):
+    """Bounds are [scale·growth^i] or [offset + width·i]; bucket 0 is below the first bound (underflow)
+    and the last at or above the last one (overflow), as google.api.Distribution says."""
+    spread = mon.distribution(values, buckets)
+    assert list(spread.bucket_counts) == counts
+    assert (spread.count, round(spread.mean, 5)) == (len(values), mean)
+    if values:
+        assert (spread.range.min, spread.range.max) == (min(values), max(values))
+        squared = sum((v - spread.mean) ** 2 for v in values)
+        assert spread.sum_of_squared_deviation == pytest.approx(squared)

@@ -259,7 +259,8 @@ def test_parse_metric_filters() -> None:
 def test_registry_has_the_documented_metrics() -> None:
     documented = """startup.seconds smoke.passed smoke.failed smoke.total http.latency_ms
     http.success http.rps memory.mb cpu.percent errors receipts stages.failed pilot.operations
-    pilot.accuracy revenue.records instances""".split()
+    pilot.accuracy revenue.records instances instances.shortfall cpu.utilization
+    memory.utilization""".split()
     assert set(documented) <= set(gates.REGISTRY)
 
 
@@ -609,7 +610,8 @@ def test_collector_sees_the_same_with_projected_and_whole_records(tmp_path: Path
             w.write("request", "load", method="GET", latency_ms=n + 0.5, sent_s=n / 9,
                     passed=n % 7 != 0, target="t", status=200, error=None)  # fmt: skip
             w.write("metrics", "monitor", rss_mb=100 + n, cpu_percent=n / 4, instances=n % 3,
-                    instances_needed=n % 4)  # fmt: skip
+                    instances_needed=n % 4, cpu_utilization=n / 80,
+                    memory_utilization=n / 40)  # fmt: skip
         w.write("revenue", "pilot", billable_operations=1, amount=5.0, price=5.0)
         w.write("traffic", "canary", percent=10)
         w.write("shutdown", "stop", exit_status=0)

@@ -294,24 +294,41 @@ def test_a_deploy_failure_is_told_from_a_failed_call(exc, deploy_failure):
 
 
 class _Backend:
-    """In-flight counts of one revision as the platform reports them, one reading per call."""
+    """A revision's figures as the platform reports them, one reading per call (None: the
+    platform does not answer; {}: it answers, with nothing for this revision)."""
 
     def __init__(self, readings):
         self.readings = list(readings)
 
     def revisions(self, window_s=None):
         value = self.readings.pop(0) if len(self.readings) > 1 else self.readings[0]
-        return None if value is None else {"svc-00001-abc": {"inflight": value}}
+        return None if value is None else {"svc-00001-abc": value} if value else {}
 
 
 @pytest.mark.parametrize(
     ("readings", "how", "waited"),
     [
-        ([3, 2, 0], "in-flight reached 0", 0.1),
+        ([{"inflight": 3}, {"inflight": 2}, {"inflight": 0}], "in-flight reached 0", 0.1),
+        (
+            [{"inflight": None, "instances": 2}, {"inflight": None, "instances": 0}],
+            "instance count reached 0",
+            0.05,
+        ),
         ([None], "drain window of 2 s elapsed", 2.0),  # no figures: never "drained" at once
-        ([5], None, 2.0),
+        ([{}], "drain window of 2 s elapsed", 2.0),  # Google's points not in yet: the same
+        ([{"inflight": 5}], None, 2.0),
+        ([{"inflight": None, "instances": 1}], None, 2.0),  # up, and nothing says idle
+        ([{"inflight": 0, "instances": 3}], "in-flight reached 0", 0.0),  # idle instances stay
     ],
-    ids=["reaches-zero", "no-figures-waits-the-window", "still-busy"],
+    ids=[
+        "reaches-zero",
+        "instances-reach-zero",
+        "no-answer-waits-the-window",
+        "no-figures-waits-the-window",
+        "still-busy",
+        "instances-up-no-inflight",
+        "idle-instances",
+    ],
 )
 def test_a_drain_waits_for_figures_or_the_whole_window(readings, how, waited):
     from pipeline.cloudrun.ops import wait_drained
@@ -324,6 +341,49 @@ def test_a_drain_waits_for_figures_or_the_whole_window(readings, how, waited):
     got = wait_drained(_Backend(readings), "svc-00001-abc", 2.0, sleep=sleep, clock=lambda: now[0])
     assert got == how
     assert now[0] == pytest.approx(waited, abs=0.06)
+
+
+@pytest.mark.parametrize(
+    ("facts", "sample"),
+    [
+        (
+            {"instances": 1, "inflight": 3, "demand": 2.5},
+            {"instances": 1, "inflight": 3, "demand": 2.5, "instances_needed": 1},
+        ),
+        (  # requests waiting for an instance: in the demand, not in flight
+            {"instances": 1, "inflight": 80, "demand": 130.0},
+            {"instances": 1, "inflight": 80, "demand": 130.0, "instances_needed": 2},
+        ),
+        (
+            {"instances": 2, "inflight": 170},
+            {"instances": 2, "inflight": 170, "instances_needed": 3},
+        ),
+        ({"instances": 0, "inflight": 0}, {"instances": 0, "inflight": 0, "instances_needed": 1}),
+        ({"instances": 2, "inflight": None, "demand": None}, {"instances": 2}),
+        (
+            {"instances": 1, "inflight": 0, "cpu_utilization": 0.2, "memory_utilization": 0.1},
+            {
+                "instances": 1,
+                "inflight": 0,
+                "instances_needed": 1,
+                "cpu_utilization": 0.2,
+                "memory_utilization": 0.1,
+            },
+        ),
+    ],
+    ids=["enough", "queueing", "in-flight-beyond", "none-up", "no-load-figures", "utilization"],
+)
+def test_a_production_sample_says_how_many_instances_the_load_needed(facts, sample):
+    from pipeline.gates import MetricCollector, evaluate, parse_gate
+    from pipeline.phases.rollout_steps import production_sample
+
+    got = production_sample(facts, concurrency=80)
+    assert got == sample
+    spec = parse_gate("week5", {"instances.shortfall": ["count == 0"]}, "test")
+    collector = MetricCollector([key for key, _ in spec.rules])
+    collector.feed({"kind": "metrics", "stage": "production", **got})
+    short = got.get("instances_needed", 0) > got["instances"]
+    assert evaluate(spec, collector.values()).passed is not short
 
 
 def test_a_canary_window_without_requests_fails_even_with_count_rules_only(tmp_path):

@@ -149,7 +149,7 @@ def test_good_release_reaches_100_percent_with_zero_failed_requests(reference_ta
     traffic = [r["percent"] for r in kinds(result.receipts, "traffic")]
     assert traffic == [0, 10, 50, 100]
     (drain,) = kinds(result.receipts, "drain")
-    assert drain["revision"] and drain["how"] == "in-flight reached 0"
+    assert drain["revision"] and drain["how"] in ("in-flight reached 0", "instance count reached 0")
     state = RolloutState.load(result.receipts.parent / "rollout.json")
     assert state.phase == "done" and state.current_percent == 100
 
@@ -328,32 +328,44 @@ def test_a_slower_release_within_every_limit_is_rolled_back_by_the_comparison(
     assert rejudged["mannwhitney p > 0.01"]["measured"] == slower["measured"]
 
 
-def test_week5_reads_cloud_monitoring_when_the_env_says_so(reference_tarball, cloud, tmp_path):
-    """[monitoring] endpoint = "emulator": per-revision evidence comes from the Cloud Monitoring
-    API (official client, gRPC) the emulator serves; every query is a `metric` receipt; the
-    old revision drains when its instance count reaches 0."""
-    from pipeline.cloudrun import monitoring
+def test_week5_judges_from_cloud_monitoring_only(reference_tarball, cloud, monkeypatch):
+    """cloudrun-local's default, as on Google: every per-revision figure comes from the Cloud
+    Monitoring API (official client, gRPC) the emulator serves — its private metrics endpoint
+    is never read — and every query is a `metric` receipt; the old revision drains when its
+    in-flight count (max_request_concurrencies) reaches 0; Gate 4's shortfall and the
+    instances' memory are measured from Monitoring too."""
+    from pipeline.cloudrun import metrics, monitoring
 
-    env_file = tmp_path / "monitoring.toml"
-    env_file.write_text(f'extends = "{cloud["env_file"]}"\n[monitoring]\nendpoint = "emulator"\n')
+    def private(*_args, **_kw):
+        raise AssertionError("week 5 read the emulator's private metrics endpoint")
+
+    monkeypatch.setattr(metrics.EmulatorMetrics, "revisions", private)
     tarball = gates_passed(reference_tarball(version="2.0.0"))
-    result = run_week5(tarball, config.load_env(env_file))
+    result = run_week5(tarball, cloud["env"])
     assert result.verdict.passed, result.verdict.summary()
     queries = kinds(result.receipts, "metric")
     assert {q["metric"] for q in queries} == {
         monitoring.REQUEST_COUNT,
         monitoring.REQUEST_LATENCIES,
         monitoring.INSTANCE_COUNT,
+        monitoring.MAX_CONCURRENCIES,
+        monitoring.CPU_UTILIZATIONS,
+        monitoring.MEMORY_UTILIZATIONS,
     }
     assert all(q["filter"].startswith("metric.type = ") for q in queries)
     first = kinds(result.receipts, "analysis")[0]
     assert first["backend"]["requests"] > 0 and first["backend"]["errors"] == 0
     assert first["backend"]["latency_ms"]["p95"] > 0
-    (drain,) = kinds(result.receipts, "drain")
-    assert drain["how"] == "instance count reached 0"
+    (drain,) = kinds(result.receipts, "drain")  # its instances may be gone: no in-flight point
+    assert drain["how"] in ("in-flight reached 0", "instance count reached 0")
     production = [r for r in kinds(result.receipts, "metrics") if r["stage"] == "production"]
     assert production and max(r["instances"] for r in production) >= 1
-    assert all("inflight" not in r for r in production)  # Monitoring has no in-flight figures
+    assert all(r["instances_needed"] >= 1 for r in production)  # shortfall measured
+    assert max(r.get("demand", 0) for r in production) > 0  # 200 req/s through the load
+    assert all(0 < r["memory_utilization"] < 1 for r in production if "memory_utilization" in r)
+    assert any("memory_utilization" in r for r in production)
+    concurrency = [q for q in queries if q["metric"] == monitoring.MAX_CONCURRENCIES]
+    assert any(p[1]["max"] >= 1 for q in concurrency for s in q["series"] for p in s["points"])
 
 
 def test_week5_deploys_only_an_image_its_binary_authorization_policy_admits(

@@ -1,7 +1,8 @@
 """Metric providers: per-revision facts beyond the Admin API, behind one small protocol
-(`Backend.revisions`). Providers: the local emulator's metrics endpoint
-(`GET /emulator/v1/<service>/metrics?window_s=W`), read over HTTP like any other client, and
-`NoBackend` (nothing known: the rollout judges from its own receipts alone)."""
+(`Backend.revisions`). Providers: Cloud Monitoring (`monitoring.py`: week 5's, on Google and on
+the emulator), the local emulator's own metrics endpoint (`GET /emulator/v1/<service>/metrics`,
+with each instance's pid and state: `cloudrun.status` only), and `NoBackend` (nothing known:
+the rollout judges from its own receipts alone)."""
 
 from __future__ import annotations
 
@@ -25,18 +26,8 @@ class NoBackend:
         return None
 
 
-def default_backend(
-    settings: CloudRunSettings, endpoint: str | None, monitoring: str = ""
-) -> Backend:
-    """Cloud Monitoring when `[monitoring] endpoint` names it ("emulator": the API the local
-    emulator serves); else the emulator's metrics endpoint when the API is local; else nothing."""
-    if monitoring:
-        from pipeline.cloudrun.monitoring import MonitoringBackend, emulator_address
-
-        if monitoring == "emulator":
-            api = endpoint or ""
-            return MonitoringBackend(settings, lambda: emulator_address(api) if api else None)
-        return MonitoringBackend(settings, monitoring)
+def default_backend(settings: CloudRunSettings, endpoint: str | None) -> Backend:
+    """`cloudrun.status`'s provider: the emulator's metrics endpoint when the API is local."""
     if endpoint and endpoint.startswith("http://127.0.0.1"):
         return EmulatorMetrics(endpoint, settings)
     return NoBackend()

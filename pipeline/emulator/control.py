@@ -43,6 +43,7 @@ from pipeline.emulator.render import Rendering
 from pipeline.emulator.validation import (
     Validation,
     concurrency_of,
+    limits_of,
     normalized,
     probe_deadline,
 )
@@ -400,6 +401,7 @@ class ControlPlane(Validation, Rendering):
                 tpl = rev.template
                 container = tpl["containers"][0]
                 probe = container.get("startupProbe") or {}
+                cpu_limit, memory_limit = limits_of(container)
                 revisions.append(
                     RevisionPlan(
                         name=rev.name,
@@ -417,6 +419,8 @@ class ControlPlane(Validation, Rendering):
                         restore_instances=rev.instances_at_save if rev.state == "ready" else 0,
                         liveness=HealthCheck.parse(LIVENESS, container.get("livenessProbe")),
                         readiness=HealthCheck.parse(READINESS, container.get("readinessProbe")),
+                        cpu_limit=cpu_limit,
+                        memory_limit=memory_limit,
                     )
                 )
             plans.append(

@@ -39,6 +39,7 @@ from pipeline.emulator.control import ControlPlane
 from pipeline.emulator.host import HostClient, HostError, RemoteInstance
 from pipeline.emulator.records import RevisionPlan, ServicePlan
 from pipeline.emulator.router import DRAINING, READY, STARTING, STOPPED, Listener, Pool, Route, Slot
+from pipeline.emulator.samples import InstanceSamples
 from pipeline.waiting import apoll
 
 log = logging.getLogger("pipeline.emulator")
@@ -80,6 +81,7 @@ class RevisionRuntime:
         self.instance_history: collections.deque[tuple[float, int, int]] = collections.deque(
             maxlen=14400
         )  # (wall time, ready, starting or draining) per tick: Monitoring's instance_count
+        self.samples = InstanceSamples()  # Monitoring's per-instance concurrency and usage
 
     # ---- scaling
 
@@ -126,7 +128,15 @@ class RevisionRuntime:
         pool = self.pool
         pool.sweep()
         serving = len(pool.ready)
-        self.instance_history.append((time.time(), serving, len(pool.slots) - serving))
+        wall = time.time()
+        self.instance_history.append((wall, serving, len(pool.slots) - serving))
+        self.samples.tick(pool.slots, pool.ready, wall)
+        if self.samples.usage_due(wall) and pool.slots:
+            self.dp.spawn(
+                self.samples.sample_usage(
+                    list(pool.slots), self.plan.cpu_limit, self.plan.memory_limit
+                )
+            )
         if self.checking:
             return
         want = self.desired(now)

@@ -9,17 +9,25 @@ service_name, revision_name, location, configuration_name):
   run.googleapis.com/request_latencies      DELTA DISTRIBUTION (ms), same labels
   run.googleapis.com/container/instance_count  GAUGE INT64, label state (active: in rotation;
                                             idle: starting or draining)
+  run.googleapis.com/container/max_request_concurrencies  DELTA DISTRIBUTION, label state: one
+                                            value per instance and point, the most requests it
+                                            served at once
+  run.googleapis.com/container/cpu/utilizations, …/memory/utilizations  DELTA DISTRIBUTION, one
+                                            value per instance a second: the fraction of the
+                                            revision's CPU / memory limit in use
 Points are 1 s here (Cloud Run publishes 60 s points): an alignment period is any whole number
 of seconds ≥ 1, aligned to the interval's end; raw points (no aligner) are per second. Aligners:
-ALIGN_DELTA, ALIGN_SUM, ALIGN_RATE (counts); ALIGN_PERCENTILE_50/95/99, ALIGN_MEAN, ALIGN_MAX
-(latencies); ALIGN_MEAN, ALIGN_MAX (instances). Reducers: REDUCE_NONE, REDUCE_SUM with
-group_by_fields. Filters: `A = "v"` clauses joined by AND on metric.type, resource.type,
-resource.labels.* and metric.labels.*; anything else is INVALID_ARGUMENT naming the clause,
-never an empty answer. Pure over snapshots taken on the emulator's loop (`snapshot`).
+ALIGN_DELTA, ALIGN_SUM, ALIGN_RATE (counts); ALIGN_DELTA (the merged distribution),
+ALIGN_PERCENTILE_50/95/99, ALIGN_MEAN (distributions: ALIGN_MAX is refused, as Google refuses
+it); ALIGN_MEAN, ALIGN_MAX (instances). Reducers: REDUCE_NONE, REDUCE_SUM with group_by_fields (distributions merge).
+Filters: `A = "v"` clauses joined by AND on metric.type, resource.type, resource.labels.* and
+metric.labels.*; anything else is INVALID_ARGUMENT naming the clause, never an empty answer.
+Pure over snapshots taken on the emulator's loop (`snapshot`).
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 import time
@@ -32,7 +40,22 @@ from pipeline.stats import percentile
 REQUEST_COUNT = "run.googleapis.com/request_count"
 REQUEST_LATENCIES = "run.googleapis.com/request_latencies"
 INSTANCE_COUNT = "run.googleapis.com/container/instance_count"
-METRICS = (REQUEST_COUNT, REQUEST_LATENCIES, INSTANCE_COUNT)
+MAX_CONCURRENCIES = "run.googleapis.com/container/max_request_concurrencies"
+CPU_UTILIZATIONS = "run.googleapis.com/container/cpu/utilizations"
+MEMORY_UTILIZATIONS = "run.googleapis.com/container/memory/utilizations"
+DISTRIBUTIONS = (REQUEST_LATENCIES, MAX_CONCURRENCIES, CPU_UTILIZATIONS, MEMORY_UTILIZATIONS)
+METRICS = (REQUEST_COUNT, INSTANCE_COUNT, *DISTRIBUTIONS)
+# bucket layouts of the distributions served (google.api.Distribution.BucketOptions)
+BUCKETS: dict[str, dict[str, Any]] = {
+    REQUEST_LATENCIES: {
+        "exponential_buckets": {"num_finite_buckets": 40, "growth_factor": 1.4, "scale": 0.1}
+    },
+    MAX_CONCURRENCIES: {
+        "exponential_buckets": {"num_finite_buckets": 12, "growth_factor": 2, "scale": 1}
+    },
+    CPU_UTILIZATIONS: {"linear_buckets": {"num_finite_buckets": 20, "width": 0.05, "offset": 0}},
+    MEMORY_UTILIZATIONS: {"linear_buckets": {"num_finite_buckets": 20, "width": 0.05, "offset": 0}},
+}
 RESOURCE = "cloud_run_revision"
 RESOURCE_LABELS = ("project_id", "service_name", "revision_name", "location", "configuration_name")
 METRIC_LABELS = ("response_code", "response_code_class", "state")
@@ -49,6 +72,8 @@ class RevisionSnapshot:
     requests: list[tuple[float, float, int]]  # (wall time, latency ms, status): recent ones
     instances: list[tuple[float, int, int]]  # (wall time, active, idle)
     counts: list[tuple[float, int, int]] = field(default_factory=list)  # (wall, status, answers)
+    concurrency: list[tuple[float, str, str, int]] = field(default_factory=list)  # samples.py
+    usage: list[tuple[float, str, float, float]] = field(default_factory=list)  # samples.py
 
 
 # ------------------------------------------------------------------------------ filters
@@ -106,11 +131,23 @@ class Series:
 def raw_series(metric: str, revisions: Iterable[RevisionSnapshot]) -> list[Series]:
     out: dict[tuple[str, ...], Series] = {}
     for rev in revisions:
+        name = rev.resource["revision_name"]
         if metric == INSTANCE_COUNT:
             for state, column in (("active", 1), ("idle", 2)):
                 series = Series({"state": state}, rev.resource)
                 series.samples = [(s[0], float(s[column])) for s in rev.instances]
-                out[(rev.resource["revision_name"], state)] = series
+                out[(name, state)] = series
+            continue
+        if metric == MAX_CONCURRENCIES:
+            for when, _instance, state, peak in rev.concurrency:
+                out.setdefault((name, state), Series({"state": state}, rev.resource))
+                out[(name, state)].samples.append((when, float(peak)))
+            continue
+        if metric in (CPU_UTILIZATIONS, MEMORY_UTILIZATIONS):
+            cpu = metric == CPU_UTILIZATIONS
+            if rev.usage:
+                samples = [(when, c if cpu else m) for when, _i, c, m in rev.usage]
+                out[(name,)] = Series({}, rev.resource, samples)
             continue
         # counts from the per-second counters (the last hour, whatever the rate); latencies
         # from the ring of recent answers
@@ -121,7 +158,7 @@ def raw_series(metric: str, revisions: Iterable[RevisionSnapshot]) -> list[Serie
         )
         for when, value, status in rows:
             code = str(status)
-            key = (rev.resource["revision_name"], code)
+            key = (name, code)
             if key not in out:
                 cls = f"{status // 100}xx" if 0 < status < 600 else "5xx"
                 out[key] = Series({"response_code": code, "response_code_class": cls}, rev.resource)
@@ -141,14 +178,25 @@ def _matches(series: Series, clauses: dict[str, str]) -> bool:
 # ------------------------------------------------------------------------------ aggregation
 
 COUNT_ALIGNERS = ("ALIGN_DELTA", "ALIGN_SUM", "ALIGN_RATE")
-LATENCY_ALIGNERS = (
+# as on Google: ALIGN_MAX/MIN take numbers only, so a distribution's highest is a percentile
+DISTRIBUTION_ALIGNERS = (
+    "ALIGN_DELTA",
     "ALIGN_PERCENTILE_50",
     "ALIGN_PERCENTILE_95",
     "ALIGN_PERCENTILE_99",
     "ALIGN_MEAN",
-    "ALIGN_MAX",
 )
 GAUGE_ALIGNERS = ("ALIGN_MEAN", "ALIGN_MAX")
+
+
+@dataclass(frozen=True)
+class Dist:
+    """A distribution value: the samples it was made of (served as google.api.Distribution)."""
+
+    values: tuple[float, ...]
+
+    def __add__(self, other: Dist) -> Dist:
+        return Dist(self.values + other.values)
 
 
 @dataclass(frozen=True)
@@ -164,18 +212,10 @@ class Query:
 
 
 def check_query(query: Query) -> None:
-    allowed = {
-        REQUEST_COUNT: COUNT_ALIGNERS,
-        REQUEST_LATENCIES: LATENCY_ALIGNERS,
-        INSTANCE_COUNT: GAUGE_ALIGNERS,
-    }[query.metric]
-    if query.aligner == "ALIGN_NONE":
-        if query.metric == REQUEST_LATENCIES:
-            raise BadRequest(
-                "aggregation.perSeriesAligner: the emulator serves request_latencies aligned "
-                f"({', '.join(LATENCY_ALIGNERS)}), not as raw distributions"
-            )
-    elif query.aligner not in allowed:
+    allowed = {REQUEST_COUNT: COUNT_ALIGNERS, INSTANCE_COUNT: GAUGE_ALIGNERS}.get(
+        query.metric, DISTRIBUTION_ALIGNERS
+    )
+    if query.aligner != "ALIGN_NONE" and query.aligner not in allowed:
         raise BadRequest(
             f"aggregation.perSeriesAligner {query.aligner} does not apply to {query.metric} "
             f"(use {', '.join(allowed)})"
@@ -195,7 +235,10 @@ def check_query(query: Query) -> None:
         raise BadRequest("interval: endTime must be after startTime")
 
 
-def align(series: Series, query: Query) -> list[tuple[float, float, float]]:
+Points = list[tuple[float, float, Any]]  # (start, end, value: float or Dist), newest first
+
+
+def align(series: Series, query: Query) -> Points:
     """(start, end, value) points, newest first, one per period with data."""
     period = query.period if query.aligner != "ALIGN_NONE" else 1
     buckets: dict[int, list[float]] = {}
@@ -211,7 +254,7 @@ def align(series: Series, query: Query) -> list[tuple[float, float, float]]:
     return points
 
 
-def _value(query: Query, values: list[float], period: int) -> float:
+def _value(query: Query, values: list[float], period: int) -> float | Dist:
     aligner = query.aligner
     if query.metric == REQUEST_COUNT:
         total = math.fsum(values)  # answers per second of the counters
@@ -220,15 +263,17 @@ def _value(query: Query, values: list[float], period: int) -> float:
         return percentile(sorted(values), float(aligner.rsplit("_", 1)[1]))
     if aligner == "ALIGN_MAX":
         return max(values)
-    if aligner == "ALIGN_MEAN" or query.metric == REQUEST_LATENCIES:
+    if aligner == "ALIGN_MEAN":
         return math.fsum(values) / len(values)
+    if query.metric in DISTRIBUTIONS:  # ALIGN_DELTA or raw: the distribution itself
+        return Dist(tuple(values))
     return values[-1]  # a raw gauge sample
 
 
 def reduce_sum(
-    series: list[tuple[Series, list[tuple[float, float, float]]]], group_by: tuple[str, ...]
-) -> list[tuple[Series, list[tuple[float, float, float]]]]:
-    groups: dict[tuple[str, ...], tuple[Series, dict[tuple[float, float], float]]] = {}
+    series: list[tuple[Series, Points]], group_by: tuple[str, ...]
+) -> list[tuple[Series, Points]]:
+    groups: dict[tuple[str, ...], tuple[Series, dict[tuple[float, float], Any]]] = {}
     for one, points in series:
         labels = one.labels()
         key = tuple(labels.get(name, "") for name in group_by)
@@ -248,7 +293,8 @@ def reduce_sum(
             groups[key] = (kept, {})
         sums = groups[key][1]
         for start, end, value in points:
-            sums[(start, end)] = sums.get((start, end), 0.0) + value
+            before = sums.get((start, end))
+            sums[(start, end)] = value if before is None else before + value
     return [
         (kept, sorted(((s, e, v) for (s, e), v in sums.items()), key=lambda p: -p[1]))
         for key, (kept, sums) in sorted(groups.items())
@@ -257,7 +303,7 @@ def reduce_sum(
 
 def list_time_series(
     query: Query, revisions: Iterable[RevisionSnapshot]
-) -> list[tuple[Series, list[tuple[float, float, float]]]]:
+) -> list[tuple[Series, Points]]:
     """The series the query selects, each with its points (start, end, value), newest first."""
     check_query(query)
     chosen = [s for s in raw_series(query.metric, revisions) if _matches(s, query.clauses)]
@@ -269,7 +315,9 @@ def list_time_series(
 
 
 def value_type(query: Query) -> str:
-    if query.metric == REQUEST_LATENCIES or query.aligner in ("ALIGN_RATE", "ALIGN_MEAN"):
+    if query.metric in DISTRIBUTIONS and query.aligner in ("ALIGN_NONE", "ALIGN_DELTA"):
+        return "DISTRIBUTION"
+    if query.metric in DISTRIBUTIONS or query.aligner in ("ALIGN_RATE", "ALIGN_MEAN"):
         return "DOUBLE"
     if query.aligner.startswith("ALIGN_PERCENTILE"):
         return "DOUBLE"
@@ -289,7 +337,9 @@ class MonitoringServer:
     """The gRPC server: `snapshot()` (thread-safe: it asks the emulator's loop) gives the
     revisions; the method handler turns proto-plus requests into a `Query` and back."""
 
-    def __init__(self, snapshot: Callable[[str], list[RevisionSnapshot]], host: str, port: int):
+    def __init__(
+        self, snapshot: Callable[[str, str], list[RevisionSnapshot]], host: str, port: int
+    ):
         self.snapshot = snapshot
         self.host = host
         self.port = port
@@ -332,7 +382,7 @@ class MonitoringServer:
         try:
             project = _project(request.name)
             query = _query(request)
-            found = list_time_series(query, self.snapshot(project))
+            found = list_time_series(query, self.snapshot(project, query.metric))
         except BadRequest as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         size = request.page_size or PAGE_SIZE
@@ -389,11 +439,17 @@ def _seconds(stamp: Any) -> float:
         return 0.0
 
 
-def _proto(series: Series, points: list[tuple[float, float, float]], query: Query) -> Any:
+def _proto(series: Series, points: Points, query: Query) -> Any:
     from google.cloud import monitoring_v3
 
     kind = value_type(query)
-    key = "double_value" if kind == "DOUBLE" else "int64_value"
+
+    def typed(value: Any) -> dict[str, Any]:
+        if kind == "DISTRIBUTION":
+            return {"distribution_value": distribution(value.values, BUCKETS[query.metric])}
+        if kind == "DOUBLE":
+            return {"double_value": float(value)}
+        return {"int64_value": int(round(value))}
 
     def stamp(t: float) -> dict[str, int]:
         return {"seconds": int(t), "nanos": int(round((t - int(t)) * 1e9)) % 1_000_000_000}
@@ -406,15 +462,42 @@ def _proto(series: Series, points: list[tuple[float, float, float]], query: Quer
         points=[
             {
                 "interval": {"start_time": stamp(start), "end_time": stamp(end)},
-                "value": {key: value if kind == "DOUBLE" else int(round(value))},
+                "value": typed(value),
             }
             for start, end, value in points
         ],
     )
 
 
-def snapshot_of(revisions: Iterable[Any], project: str) -> list[RevisionSnapshot]:
-    """The data plane's revisions of `project` as Monitoring sees them (call on its loop)."""
+def distribution(values: tuple[float, ...], buckets: dict[str, Any]) -> Any:
+    """google.api.Distribution of `values`: count, mean, sum of squared deviations, range and
+    bucket counts (underflow first, overflow last)."""
+    from google.api import distribution_pb2
+
+    count = len(values)
+    mean = math.fsum(values) / count if count else 0.0
+    kind, spec = next(iter(buckets.items()))
+    n = spec["num_finite_buckets"]
+    if kind == "exponential_buckets":
+        bounds = [spec["scale"] * spec["growth_factor"] ** i for i in range(n + 1)]
+    else:
+        bounds = [spec["offset"] + spec["width"] * i for i in range(n + 1)]
+    counts = [0] * (n + 2)
+    for v in values:
+        counts[bisect.bisect_right(bounds, v)] += 1
+    return distribution_pb2.Distribution(
+        count=count,
+        mean=mean,
+        sum_of_squared_deviation=math.fsum((v - mean) ** 2 for v in values),
+        range={"min": min(values), "max": max(values)} if values else None,
+        bucket_options={kind: spec},
+        bucket_counts=counts,
+    )
+
+
+def snapshot_of(revisions: Iterable[Any], project: str, metric: str) -> list[RevisionSnapshot]:
+    """The data plane's revisions of `project` as Monitoring sees them for `metric`: only what
+    that metric is made of is copied (this runs on the emulator's loop)."""
     offset = time.time() - time.perf_counter()  # the router's clock is perf_counter
     out = []
     for rr in revisions:
@@ -429,11 +512,20 @@ def snapshot_of(revisions: Iterable[Any], project: str) -> list[RevisionSnapshot
             "revision_name": parts[7],
         }
         stats = rr.pool.stats
-        requests = [(t + offset, lat, status) for t, lat, status in stats.since(0.0)]
-        counts = [
-            (second + 0.5 + offset, status, n)
-            for second, by_status in list(stats.per_second.items())
-            for status, n in by_status.items()
-        ]
-        out.append(RevisionSnapshot(resource, requests, list(rr.instance_history), counts))
+        snap = RevisionSnapshot(resource, [], [])
+        if metric == REQUEST_LATENCIES:
+            snap.requests.extend((t + offset, lat, status) for t, lat, status in stats.since(0.0))
+        elif metric == REQUEST_COUNT:
+            snap.counts.extend(
+                (second + 0.5 + offset, status, n)
+                for second, by_status in list(stats.per_second.items())
+                for status, n in by_status.items()
+            )
+        elif metric == INSTANCE_COUNT:
+            snap.instances.extend(rr.instance_history)
+        elif metric == MAX_CONCURRENCIES:
+            snap.concurrency.extend(rr.samples.concurrency_rows())
+        else:
+            snap.usage.extend(rr.samples.usage)
+        out.append(snap)
     return out

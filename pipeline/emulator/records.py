@@ -271,6 +271,8 @@ class RevisionPlan:
     restore_instances: int = 0
     liveness: HealthCheck | None = None  # failing: the instance is killed and replaced
     readiness: HealthCheck | None = None  # failing: the instance gets no new requests
+    cpu_limit: float = 1.0  # cores: Monitoring's cpu/utilizations are fractions of it
+    memory_limit: int = 512 * 2**20  # bytes: memory/utilizations are fractions of it
 
 
 @dataclass(frozen=True)

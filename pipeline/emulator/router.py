@@ -157,6 +157,7 @@ class Slot:
         "port",
         "state",
         "inflight",
+        "peak",
         "requests",
         "idle",
         "conns",
@@ -174,6 +175,7 @@ class Slot:
         self.port = 0
         self.state = STARTING
         self.inflight = 0
+        self.peak = 0  # the most requests at once since Monitoring last looked
         self.requests = 0
         self.idle: list[UpConn] = []
         self.conns: set[UpConn] = set()
@@ -185,6 +187,8 @@ class Slot:
 
     def send(self, client: ClientConn) -> None:
         self.inflight += 1
+        if self.inflight > self.peak:
+            self.peak = self.inflight
         self.requests += 1
         self.pool.inflight += 1
         client.slot = self
@@ -621,6 +625,8 @@ class ClientConn(asyncio.Protocol):
                 conn = idle.pop()
                 if conn.transport is not None and not conn.lost:
                     slot.inflight += 1
+                    if slot.inflight > slot.peak:
+                        slot.peak = slot.inflight
                     slot.requests += 1
                     pool.inflight += 1
                     if pool.inflight > pool.peak:

@@ -5,6 +5,7 @@ naming the field)."""
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -232,6 +233,7 @@ class Validation:
             seconds = duration_s(template["timeout"], "template.timeout")
             if not 1 <= seconds <= 3600:
                 raise invalid(f"template.timeout: must be 1s to 3600s, got {template['timeout']}")
+        limits_of(container)
         probe = container.get("startupProbe")
         if probe is not None:
             check_probe(probe, "template.containers[0].startupProbe")
@@ -267,6 +269,29 @@ def probe_deadline(probe: Mapping[str, Any]) -> float | None:
     period = int(probe.get("periodSeconds", 10)) or 10
     threshold = int(probe.get("failureThreshold", 3)) or 3
     return float(initial + period * threshold)
+
+
+_CPU = re.compile(r"^(\d+(?:\.\d+)?)(m?)$")
+_MEMORY = re.compile(r"^(\d+)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+_MEMORY_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+_MEMORY_UNITS.update({"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40})
+
+
+def limits_of(container: Mapping[str, Any]) -> tuple[float, int]:
+    """The container's resources.limits as (CPU cores, memory bytes); Cloud Run's defaults (1 CPU,
+    512 MiB) where unset. What Monitoring's utilizations are fractions of."""
+    where = "template.containers[0].resources"
+    resources = container.get("resources") or {}
+    limits = resources.get("limits") or {} if isinstance(resources, dict) else None
+    if not isinstance(limits, dict):
+        raise invalid(f"{where}.limits must be an object")
+    cpu, memory = str(limits.get("cpu", "1")), str(limits.get("memory", "512Mi"))
+    if not (m := _CPU.match(cpu)) or float(m[1]) <= 0:
+        raise invalid(f'{where}.limits.cpu: expected cores like "2" or "500m", got {cpu!r}')
+    if not (n := _MEMORY.match(memory)) or int(n[1]) <= 0:
+        raise invalid(f'{where}.limits.memory: expected a size like "512Mi", got {memory!r}')
+    cores = float(m[1]) / (1000 if m[2] else 1)
+    return cores, int(n[1]) * _MEMORY_UNITS[n[2] or ""]
 
 
 def concurrency_of(template: Mapping[str, Any]) -> int:

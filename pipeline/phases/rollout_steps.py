@@ -341,23 +341,12 @@ def do_production(r: Rollout) -> dict[str, Any]:
     def sample() -> None:
         seen = r.backend.revisions() or {}
         facts = seen.get(revision or "", {})
-        if not facts:
+        if facts.get("instances") is None:  # no fresh figure (Google's points come late)
             return
-        inflight = facts.get("inflight", 0)
-        need = {}  # Cloud Monitoring gives no in-flight figures: no shortfall is measured
-        if inflight is not None:
-            need = {
-                "inflight": inflight,
-                "instances_needed": max(1, math.ceil(inflight / concurrency)),
-            }
         r.run.write(
-            "metrics",
-            "production",
-            revision=revision,
-            instances=facts.get("instances", 0),
-            **need,
+            "metrics", "production", revision=revision, **production_sample(facts, concurrency)
         )
-        peak["instances"] = max(peak["instances"], facts.get("instances", 0))
+        peak["instances"] = max(peak["instances"], facts["instances"])
         for instance in facts.get("instance_list", []):
             if instance.get("rss_mb") is not None:
                 r.run.write(
@@ -387,6 +376,25 @@ def do_production(r: Rollout) -> dict[str, Any]:
         "instances": peak["instances"],
         "note": f"peak {peak['instances']} instance(s) of {revision}",
     }
+
+
+def production_sample(facts: dict[str, Any], concurrency: int) -> dict[str, Any]:
+    """One `metrics` receipt's figures from a revision's facts: instances, and the instances
+    its load needed — in flight, or Little's-law demand where higher (requests waiting for an
+    instance are in the demand, not in flight) — when either is known; the highest CPU and
+    memory utilization of its instances when Monitoring gives them."""
+    out: dict[str, Any] = {"instances": facts["instances"]}
+    load = [v for v in (facts.get("inflight"), facts.get("demand")) if v is not None]
+    if load:
+        if facts.get("inflight") is not None:
+            out["inflight"] = facts["inflight"]
+        if facts.get("demand") is not None:
+            out["demand"] = facts["demand"]
+        out["instances_needed"] = max(1, math.ceil(max(load) / concurrency))
+    for key in ("cpu_utilization", "memory_utilization"):
+        if facts.get(key) is not None:
+            out[key] = facts[key]
+    return out
 
 
 ACTIONS: dict[str, Callable[..., dict[str, Any]]] = {

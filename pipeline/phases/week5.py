@@ -25,7 +25,7 @@ from pipeline.cloudrun.endpoint import (
     start_endpoint,
     stop_emulator,
 )
-from pipeline.cloudrun.metrics import Backend, default_backend
+from pipeline.cloudrun.metrics import Backend
 from pipeline.cloudrun.rollout import RolloutState, check_steps, fresh
 from pipeline.config import Env
 from pipeline.errors import GateFailed, PipelineError
@@ -354,4 +354,6 @@ def record_queries(backend: Backend, run: PhaseRun) -> None:
 
 
 def _default_backend(env: Env, endpoint: str | None) -> Backend:
-    return default_backend(env.cloudrun, endpoint, env.monitoring.endpoint)
+    from pipeline.cloudrun.monitoring import monitoring_backend
+
+    return monitoring_backend(env.cloudrun, endpoint, env.monitoring)

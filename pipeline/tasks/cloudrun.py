@@ -159,9 +159,9 @@ def drain(c, revision, timeout=None, env="cloudrun-local", endpoint=None):
         from pipeline.cloudrun import ops
 
         timeout = number("--timeout", timeout, 60.0, above=0)
-        environment, where, backend = _where(env, endpoint)
+        environment, where, _ = _where(env, endpoint)
         human_console(False).print(
-            ops.drain(environment, where, revision, backend, timeout), highlight=False
+            ops.drain(environment, where, revision, timeout), highlight=False
         )
 
 

@@ -184,12 +184,14 @@ def week5_summary(release):
         return f"first deployment: {facts.revision} took 100 % at once, nothing to drain"
     parts = []
     if facts.steps:
-        parts.append("canary " + ", ".join(f"{p} % on {n} instance(s)" for p, n in facts.steps))
+        parts.append(
+            "canary "
+            + ", ".join(f"{p} %" + (f" on {n} instance(s)" if n else "") for p, n in facts.steps)
+        )
     if facts.instances:
         served = "/".join(map(str, facts.served))
-        parts.append(
-            f"Gate 4's load on {facts.peak_instances} instance(s) (requests served each: {served})"
-        )
+        each = f" (requests served each: {served})" if served else ""
+        parts.append(f"Gate 4's load on {facts.peak_instances} instance(s){each}")
     parts.append(
         f"{facts.drained} drained ({facts.drain_how})" if facts.drained else "nothing drained"
     )
