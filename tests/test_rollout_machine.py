@@ -319,6 +319,12 @@ class _Backend:
         ([{"inflight": 5}], None, 2.0),
         ([{"inflight": None, "instances": 1}], None, 2.0),  # up, and nothing says idle
         ([{"inflight": 0, "instances": 3}], "in-flight reached 0", 0.0),  # idle instances stay
+        (  # a point that ended before the drain began says nothing about a request since
+            [{"inflight": 0, "inflight_at": -1.0}, {"inflight": 0, "inflight_at": 1.0}],
+            "in-flight reached 0",
+            0.05,
+        ),
+        ([{"inflight": None, "instances": 0, "instances_at": -1.0}], None, 2.0),
     ],
     ids=[
         "reaches-zero",
@@ -328,6 +334,8 @@ class _Backend:
         "still-busy",
         "instances-up-no-inflight",
         "idle-instances",
+        "stale-zero-waits-for-a-fresh-point",
+        "stale-instance-count",
     ],
 )
 def test_a_drain_waits_for_figures_or_the_whole_window(readings, how, waited):
@@ -338,7 +346,14 @@ def test_a_drain_waits_for_figures_or_the_whole_window(readings, how, waited):
     def sleep(seconds):
         now[0] += seconds
 
-    got = wait_drained(_Backend(readings), "svc-00001-abc", 2.0, sleep=sleep, clock=lambda: now[0])
+    got = wait_drained(
+        _Backend(readings),
+        "svc-00001-abc",
+        2.0,
+        sleep=sleep,
+        clock=lambda: now[0],
+        wall=lambda: 0.0,
+    )
     assert got == how
     assert now[0] == pytest.approx(waited, abs=0.06)
 

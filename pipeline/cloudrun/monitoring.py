@@ -221,10 +221,14 @@ class MonitoringBackend:
         """The newest point of the last three periods: instances, in flight, demand, usage."""
         point, lookback = self.point_s, 3 * self.point_s
         for series in self.query(INSTANCE_COUNT, lookback, "ALIGN_MAX", period_s=point):
-            entry(series)["instances"] = int(series.points[0].value.int64_value)
+            facts = entry(series)
+            facts["instances"] = int(series.points[0].value.int64_value)
+            facts["instances_at"] = _end(series.points[0])
         for series in self.query(MAX_CONCURRENCIES, lookback, "ALIGN_DELTA", period_s=point):
             spread = series.points[0].value.distribution_value
-            entry(series)["inflight"] = round(spread.count * spread.mean)
+            facts = entry(series)
+            facts["inflight"] = round(spread.count * spread.mean)
+            facts["inflight_at"] = _end(series.points[0])
         for series in self.query(REQUEST_LATENCIES, lookback, "ALIGN_DELTA", period_s=point):
             spread = series.points[0].value.distribution_value
             busy_s = spread.count * spread.mean / 1000.0  # the seconds all answers took
@@ -233,7 +237,9 @@ class MonitoringBackend:
             ("cpu_utilization", CPU_UTILIZATIONS),
             ("memory_utilization", MEMORY_UTILIZATIONS),
         ):
-            for series in self.query(metric, lookback, "ALIGN_PERCENTILE_99", period_s=point):
+            for series in self.query(
+                metric, lookback, "ALIGN_PERCENTILE_99", period_s=point, reduce=False
+            ):
                 entry(series)[key] = round(series.points[0].value.double_value, 4)
 
 
@@ -243,6 +249,11 @@ def _summary(series: Any) -> dict[str, Any]:
         "resource_labels": dict(series.resource.labels),
         "points": [[int(p.interval.end_time.timestamp()), _plain(p.value)] for p in series.points],
     }
+
+
+def _end(point: Any) -> float:
+    """When a point's interval ends (wall seconds): a figure says nothing about before it."""
+    return float(point.interval.end_time.timestamp())
 
 
 def _plain(value: Any) -> Any:
@@ -260,11 +271,14 @@ def _plain(value: Any) -> Any:
 
 
 def _is_bug(exc: Exception) -> bool:
-    """Failures of the call itself (unreachable, refused, timed out) mean "not available";
-    anything else is a bug and is raised."""
+    """Failures of the call itself (unreachable, refused, timed out, denied) mean "not
+    available"; a query the API calls invalid is ours to fix, and is raised, as is anything
+    else: silently "no figures" would only make every drain wait its whole window."""
     try:
         from google.api_core import exceptions as gexc
 
+        if isinstance(exc, gexc.InvalidArgument):
+            return True
         if isinstance(exc, gexc.GoogleAPIError):
             return False
     except ImportError:  # pragma: no cover - google-api-core comes with the client

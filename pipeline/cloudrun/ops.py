@@ -156,23 +156,30 @@ def wait_drained(
     *,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    wall: Callable[[], float] = time.time,
 ) -> str | None:
     """How `revision` drained: its in-flight count reached 0; without an in-flight figure, its
     instance count reached 0; with no figure at all (`backend.revisions()` None, or nothing for
     the revision: Google's points arrive minutes late) the whole drain window ran out. None:
     requests were still in flight (or instances up with no in-flight figure) after `timeout`.
-    Never "drained" for want of data."""
+    Never "drained" for want of data, nor on a point that ended before the drain began (a
+    request may have started since: `inflight_at`/`instances_at`, where the backend says)."""
     last: dict[str, Any] = {}
+    began = wall()
+
+    def fresh(facts: dict[str, Any], figure: str) -> bool:
+        at = facts.get(f"{figure}_at")
+        return at is None or at > began
 
     def drained() -> str | None:
         seen = backend.revisions()
         facts = (seen or {}).get(revision) or {}
         last.clear()
         last.update(facts)
-        if facts.get("inflight") == 0:
+        if facts.get("inflight") == 0 and fresh(facts, "inflight"):
             return "in-flight reached 0"
         if facts.get("inflight") is None and facts.get("instances") == 0:
-            return "instance count reached 0"
+            return "instance count reached 0" if fresh(facts, "instances") else None
         return None
 
     try:

@@ -498,7 +498,8 @@ def distribution(values: tuple[float, ...], buckets: dict[str, Any]) -> Any:
 def snapshot_of(revisions: Iterable[Any], project: str, metric: str) -> list[RevisionSnapshot]:
     """The data plane's revisions of `project` as Monitoring sees them for `metric`: only what
     that metric is made of is copied (this runs on the emulator's loop)."""
-    offset = time.time() - time.perf_counter()  # the router's clock is perf_counter
+    now = time.time()
+    offset = now - time.perf_counter()  # the router's clock is perf_counter
     out = []
     for rr in revisions:
         parts = rr.name.split("/")  # projects/P/locations/L/services/S/revisions/R
@@ -516,15 +517,17 @@ def snapshot_of(revisions: Iterable[Any], project: str, metric: str) -> list[Rev
         if metric == REQUEST_LATENCIES:
             snap.requests.extend((t + offset, lat, status) for t, lat, status in stats.since(0.0))
         elif metric == REQUEST_COUNT:
-            snap.counts.extend(
-                (second + 0.5 + offset, status, n)
+            snap.counts.extend(  # a second's middle, but never after now: in the newest point
+                (min(second + 0.5 + offset, now), status, n)
                 for second, by_status in list(stats.per_second.items())
                 for status, n in by_status.items()
             )
         elif metric == INSTANCE_COUNT:
             snap.instances.extend(rr.instance_history)
         elif metric == MAX_CONCURRENCIES:
-            snap.concurrency.extend(rr.samples.concurrency_rows())
+            snap.concurrency.extend(
+                (min(t, now), i, state, p) for t, i, state, p in rr.samples.concurrency_rows()
+            )
         else:
             snap.usage.extend(rr.samples.usage)
         out.append(snap)
