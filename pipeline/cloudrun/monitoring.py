@@ -116,6 +116,11 @@ class MonitoringBackend:
                 )
         return self._client
 
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.transport.close()
+            self._client = None
+
     def query(
         self,
         metric: str,

@@ -338,7 +338,10 @@ class MonitoringServer:
     revisions; the method handler turns proto-plus requests into a `Query` and back."""
 
     def __init__(
-        self, snapshot: Callable[[str, str], list[RevisionSnapshot]], host: str, port: int
+        self,
+        snapshot: Callable[[str, str, float], list[RevisionSnapshot]],
+        host: str,
+        port: int,
     ):
         self.snapshot = snapshot
         self.host = host
@@ -382,7 +385,7 @@ class MonitoringServer:
         try:
             project = _project(request.name)
             query = _query(request)
-            found = list_time_series(query, self.snapshot(project, query.metric))
+            found = list_time_series(query, self.snapshot(project, query.metric, query.start))
         except BadRequest as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         size = request.page_size or PAGE_SIZE
@@ -495,9 +498,12 @@ def distribution(values: tuple[float, ...], buckets: dict[str, Any]) -> Any:
     )
 
 
-def snapshot_of(revisions: Iterable[Any], project: str, metric: str) -> list[RevisionSnapshot]:
-    """The data plane's revisions of `project` as Monitoring sees them for `metric`: only what
-    that metric is made of is copied (this runs on the emulator's loop)."""
+def snapshot_of(
+    revisions: Iterable[Any], project: str, metric: str, since: float = 0.0
+) -> list[RevisionSnapshot]:
+    """The data plane's revisions of `project` as Monitoring sees them for `metric` after
+    `since` (wall time): only what that metric is made of, and only from then on, is copied
+    (this runs on the emulator's loop, between requests)."""
     now = time.time()
     offset = now - time.perf_counter()  # the router's clock is perf_counter
     out = []
@@ -515,20 +521,25 @@ def snapshot_of(revisions: Iterable[Any], project: str, metric: str) -> list[Rev
         stats = rr.pool.stats
         snap = RevisionSnapshot(resource, [], [])
         if metric == REQUEST_LATENCIES:
-            snap.requests.extend((t + offset, lat, status) for t, lat, status in stats.since(0.0))
+            snap.requests.extend(
+                (t + offset, lat, status) for t, lat, status in stats.since(since - offset)
+            )
         elif metric == REQUEST_COUNT:
             snap.counts.extend(  # a second's middle, but never after now: in the newest point
                 (min(second + 0.5 + offset, now), status, n)
                 for second, by_status in list(stats.per_second.items())
+                if second + 1 + offset > since
                 for status, n in by_status.items()
             )
         elif metric == INSTANCE_COUNT:
-            snap.instances.extend(rr.instance_history)
+            snap.instances.extend(row for row in rr.instance_history if row[0] > since)
         elif metric == MAX_CONCURRENCIES:
             snap.concurrency.extend(
-                (min(t, now), i, state, p) for t, i, state, p in rr.samples.concurrency_rows()
+                (min(t, now), i, state, p)
+                for t, i, state, p in rr.samples.concurrency_rows()
+                if t > since
             )
         else:
-            snap.usage.extend(rr.samples.usage)
+            snap.usage.extend(row for row in rr.samples.usage if row[0] > since)
         out.append(snap)
     return out

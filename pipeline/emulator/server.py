@@ -566,7 +566,7 @@ class Emulator:
         """host:port of the Cloud Monitoring API (gRPC), for `[monitoring] endpoint`."""
         return f"{self.host}:{self.monitoring.port}" if self.monitoring is not None else None
 
-    def _monitoring_snapshot(self, project: str, metric: str) -> list[Any]:
+    def _monitoring_snapshot(self, project: str, metric: str, since: float) -> list[Any]:
         """Called from a gRPC thread: the revisions as the loop sees them, copied on the loop."""
         loop = self._loop
         if loop is None or self.data is None:
@@ -574,7 +574,7 @@ class Emulator:
 
         async def take() -> list[Any]:
             assert self.data is not None
-            return snapshot_of(list(self.data.revisions.values()), project, metric)
+            return snapshot_of(list(self.data.revisions.values()), project, metric, since)
 
         return asyncio.run_coroutine_threadsafe(take(), loop).result(timeout=10)
 

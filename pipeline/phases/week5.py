@@ -127,6 +127,7 @@ def run_week5(
     try:
         return finish_rollout(rollout, spec)
     finally:
+        close_backend(rollout.backend)
         if rollout.started_emulator and not keep_emulator:
             stop_emulator(env, _note(view))
 
@@ -277,7 +278,7 @@ def resume(
             state, phase="rollback", reason=state.reason or "rollback requested by hand"
         )
     spec = env.gate_spec(env.phase("week5").gate or "week5")
-    started = False
+    started, backend = False, None
     if api_factory is None:  # the emulator it ran on may have been stopped (runs.recover)
         started = start_endpoint(env, state.endpoint, _note(view))[1]
     try:
@@ -297,6 +298,7 @@ def resume(
             rollout.template = Template.of(env.cloudrun, state.image)
         return finish_rollout(rollout, spec)
     finally:
+        close_backend(backend)
         if started:
             stop_emulator(env, _note(view))
 
@@ -344,6 +346,13 @@ def deploy_only(
 
 def _note(view: View | None) -> Callable[[str], None] | None:
     return view.note if view is not None else None
+
+
+def close_backend(backend: Any) -> None:
+    """Let go of the metric provider's connection before its server may stop."""
+    close = getattr(backend, "close", None)
+    if close is not None:
+        close()
 
 
 def record_queries(backend: Backend, run: PhaseRun) -> None:
