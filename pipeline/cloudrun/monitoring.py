@@ -174,7 +174,8 @@ class MonitoringBackend:
 
     def revisions(self, window_s: float | None = None) -> dict[str, dict[str, Any]] | None:
         """revision → requests and errors (last hour); instances, inflight, demand and the
-        highest CPU/memory utilization now (None where no fresh point); with `window_s`, latency
+        CPU/memory utilization of the busiest instances (p99) now, each with when its point
+        ended (None where no fresh point); with `window_s`, latency
         percentiles of its 2xx answers over that window. None when Monitoring does not answer."""
         try:
             return self._revisions(window_s)
@@ -263,7 +264,7 @@ def _end(point: Any) -> float:
 
 def _plain(value: Any) -> Any:
     """A point's value as JSON: a number, or a distribution's count, mean and range."""
-    kind = value._pb.WhichOneof("value")
+    kind = type(value).pb(value).WhichOneof("value")
     if kind == "distribution_value":
         spread = value.distribution_value
         return {

@@ -19,7 +19,8 @@ Points are 1 s here (Cloud Run publishes 60 s points): an alignment period is an
 of seconds ≥ 1, aligned to the interval's end; raw points (no aligner) are per second. Aligners:
 ALIGN_DELTA, ALIGN_SUM, ALIGN_RATE (counts); ALIGN_DELTA (the merged distribution),
 ALIGN_PERCENTILE_50/95/99, ALIGN_MEAN (distributions: ALIGN_MAX is refused, as Google refuses
-it); ALIGN_MEAN, ALIGN_MAX (instances). Reducers: REDUCE_NONE, REDUCE_SUM with group_by_fields (distributions merge).
+it); ALIGN_MEAN, ALIGN_MAX (instances). Reducers: REDUCE_NONE, REDUCE_SUM with
+group_by_fields (distributions merge).
 Filters: `A = "v"` clauses joined by AND on metric.type, resource.type, resource.labels.* and
 metric.labels.*; anything else is INVALID_ARGUMENT naming the clause, never an empty answer.
 Pure over snapshots taken on the emulator's loop (`snapshot`).
@@ -35,6 +36,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.emulator.samples import after
 from pipeline.stats import percentile
 
 REQUEST_COUNT = "run.googleapis.com/request_count"
@@ -532,14 +534,12 @@ def snapshot_of(
                 for status, n in by_status.items()
             )
         elif metric == INSTANCE_COUNT:
-            snap.instances.extend(row for row in rr.instance_history if row[0] > since)
+            snap.instances.extend(after(rr.instance_history, since))
         elif metric == MAX_CONCURRENCIES:
             snap.concurrency.extend(
-                (min(t, now), i, state, p)
-                for t, i, state, p in rr.samples.concurrency_rows()
-                if t > since
+                (min(t, now), i, state, p) for t, i, state, p in rr.samples.concurrency_rows(since)
             )
         else:
-            snap.usage.extend(row for row in rr.samples.usage if row[0] > since)
+            snap.usage.extend(after(rr.samples.usage, since))
         out.append(snap)
     return out

@@ -7,15 +7,25 @@ Kept for the last hour at most; recorded on the emulator's loop."""
 from __future__ import annotations
 
 import collections
+import itertools
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Reversible
+from typing import Any, TypeVar
 
 from pipeline.emulator.host import HostError
 from pipeline.emulator.router import DRAINING, READY, Slot
 
 KEEP = 3600 * 20  # an hour of one sample a second from 20 instances
 USAGE_EVERY_S = 1.0
+Row = TypeVar("Row", bound=tuple[Any, ...])
+
+
+def after(rows: Reversible[Row], since: float) -> list[Row]:
+    """The rows (oldest first, wall time first) later than `since`, read from the newest end:
+    a query for the last seconds does not walk the hour kept."""
+    recent = list(itertools.takewhile(lambda row: row[0] > since, reversed(rows)))
+    recent.reverse()
+    return recent
 
 
 class InstanceSamples:
@@ -55,10 +65,10 @@ class InstanceSamples:
             self.concurrency.append((self._second + 0.5, slot_id, state, peak))
         self._peaks = {}
 
-    def concurrency_rows(self) -> list[tuple[float, str, str, int]]:
-        """Every finished second, and the second under way so far."""
-        rows = list(self.concurrency)
-        if self._second is not None:
+    def concurrency_rows(self, since: float) -> list[tuple[float, str, str, int]]:
+        """The finished seconds after `since`, and the second under way so far."""
+        rows = after(self.concurrency, since)
+        if self._second is not None and self._second + 0.5 > since:
             rows += [(self._second + 0.5, i, st, p) for i, (st, p) in self._peaks.items()]
         return rows
 
